@@ -1,0 +1,28 @@
+"""seglab: semantic segmentation, instance segmentation and human parsing in one PyTorch API."""
+
+from seglab.errors import CheckpointError, ConfigError, DatasetError, SeglabError
+from seglab.registry import count_parameters, create_model, list_models, model_info, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "Predictor",
+    "SeglabError",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]
+
+
+def __getattr__(name: str):
+    # Predictor pulls in the engine; import it lazily so `import seglab` stays light.
+    if name == "Predictor":
+        from seglab.engine.inference import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'seglab' has no attribute {name!r}")

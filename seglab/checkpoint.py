@@ -1,0 +1,126 @@
+"""Saving and loading weights without running code from the file.
+
+Weights are written as safetensors with seglab metadata (model name, classes, factory options), so
+``seglab predict --weights W`` can rebuild the model from the file alone. A ``.pth``/``.pt`` file is
+read only with ``torch.load(weights_only=True)``: plain unpickling would run whatever code the file
+holds. Training state (optimiser, scheduler, RNG) is a ``.pt`` of tensors and plain containers, also
+read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from seglab.errors import CheckpointError
+from seglab.utils import atomic_write
+
+
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``state_dict`` to a safetensors file atomically; ``metadata`` values are JSON-encoded."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The seglab metadata stored in a safetensors file (empty for other formats)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = fh.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    out = {}
+    for key, value in raw.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or, safely, from ``.pth``/``.pt``/``.bin``.
+
+    A pickle that needs anything beyond tensors and plain containers is refused with CheckpointError.
+    Checkpoints that wrap the weights (``{"state_dict": ...}`` or ``{"model": ...}``) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: the file is not a plain tensor checkpoint (loaded with "
+            f"torch.load(weights_only=True), which never runs code from the file): {exc}"
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
+    return obj
+
+
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
+    """Load ``state_dict`` into ``model``; mismatched shapes and missing/unexpected keys are listed."""
+    own = model.state_dict()
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched[:20]))
+    if strict and missing:
+        problems.append("missing keys: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+    if strict and unexpected:
+        problems.append(
+            "unexpected keys: " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else "")
+        )
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match the model ({' | '.join(problems)})")
+    model.load_state_dict(state_dict, strict=strict)
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> dict[str, Any]:
+    """Load a weights file into ``model``; returns the file's seglab metadata."""
+    load_into(model, load_state_dict(path), str(path), strict=strict)
+    return read_metadata(path)
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write optimiser/scheduler/RNG state (tensors and plain containers only) atomically."""
+    return atomic_write(path, lambda p: torch.save(state, str(p)))
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a state written by :func:`save_training_state`, with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: training state not found (nothing to resume)")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path}: refused to load training state: {exc}") from None

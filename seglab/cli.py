@@ -1,0 +1,201 @@
+"""The ``seglab`` command: parses arguments, then calls the library. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def parse_tta(spec: str | None) -> tuple[bool, tuple[float, ...]]:
+    """Parse ``flip,scales=0.75,1,1.25`` into (flip, scales)."""
+    flip, scales = False, [1.0]
+    if not spec:
+        return flip, tuple(scales)
+    in_scales = False
+    for token in (t.strip() for t in spec.split(",") if t.strip()):
+        if token == "flip":
+            flip, in_scales = True, False
+        elif token.startswith("scales="):
+            scales, in_scales = [float(token.split("=", 1)[1])], True
+        elif in_scales:
+            scales.append(float(token))
+        else:
+            raise SystemExit(f"--tta: cannot read {token!r}; expected e.g. flip,scales=0.75,1,1.25")
+    return flip, tuple(scales)
+
+
+def _cmd_models(args) -> int:
+    from rich.console import Console
+
+    from seglab.model_table import models_rich_table
+
+    Console(width=200).print(models_rich_table(args.task))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from seglab.config import load_config
+    from seglab.engine.evaluator import metrics_to_text
+    from seglab.engine.trainer import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg, resume=args.resume, progress=True)
+    metrics = trainer.fit()
+    print(metrics_to_text(metrics, trainer.label_set.classes))
+    print(f"run folder: {cfg.run_dir}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from seglab.checkpoint import load_weights
+    from seglab.config import load_config
+    from seglab.data import build_dataset
+    from seglab.data.palettes import get_label_set
+    from seglab.engine.evaluator import evaluate, metrics_to_text
+    from seglab.registry import create_model
+    from seglab.utils import atomic_write_text, resolve_device
+
+    cfg = load_config(args.config, args.overrides)
+    if args.mode:
+        cfg.eval.mode = args.mode
+    if args.tta:
+        cfg.eval.flip, scales = parse_tta(args.tta)
+        cfg.eval.scales = list(scales)
+    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+    load_weights(model, args.weights)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    label_set = get_label_set(cfg.data.palette)
+    dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    e = cfg.eval
+    metrics = evaluate(
+        model, dataset, num_classes=cfg.model.num_classes, mode=e.mode, crop_size=tuple(e.crop_size),
+        stride=tuple(e.stride), scales=tuple(e.scales), flip=e.flip, flip_pairs=label_set.flip_pairs,
+        device=device, batch_size=e.batch_size, progress=True,
+    )
+    print(metrics_to_text(metrics, label_set.classes))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(metrics.to_dict(), indent=2))
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+def _image_files(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise SystemExit(f"seglab predict: {item}: no such file or folder")
+    if not files:
+        raise SystemExit(f"seglab predict: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(inputs)}")
+    return files
+
+
+def _cmd_predict(args) -> int:
+    import numpy as np
+
+    from seglab.checkpoint import load_weights, read_metadata
+    from seglab.data.io import read_image, write_label_png
+    from seglab.data.palettes import get_label_set
+    from seglab.engine.inference import Predictor
+    from seglab.registry import create_model
+    from seglab.visualize import save_overlay
+
+    meta = read_metadata(args.weights)
+    name = args.model or meta.get("model")
+    if not name:
+        raise SystemExit(f"seglab predict: {args.weights} names no model; pass --model NAME")
+    num_classes = args.num_classes or meta.get("num_classes")
+    kwargs = dict(meta.get("model_kwargs") or {}) if name == meta.get("model") else {}
+    if num_classes:
+        kwargs["num_classes"] = int(num_classes)
+    model = create_model(name, **kwargs)
+    load_weights(model, args.weights)
+    label_set = get_label_set(args.label_set or meta.get("label_set") or "voc")
+    flip, scales = parse_tta(args.tta)
+    crop = tuple(args.crop_size)
+    predictor = Predictor(
+        model, mode=args.mode, crop_size=crop, stride=tuple(c * 2 // 3 for c in crop), scales=scales, flip=flip,
+        flip_pairs=label_set.flip_pairs,
+    )
+    out = Path(args.out)
+    for path in _image_files(args.inputs):
+        image = np.asarray(read_image(path))
+        label = predictor(image)
+        write_label_png(out / f"{path.stem}.png", label.astype(np.uint8), label_set)
+        save_overlay(out / f"{path.stem}_overlay.png", image, label, label_set.colors)
+        print(f"{path} -> {out / (path.stem + '.png')}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from seglab.demo import run_demo
+
+    run_demo(args.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seglab", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list registered models with parameter counts")
+    p.add_argument("--task", choices=["semantic", "instance", "parsing"])
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", help="train from a YAML config")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last_state.pt")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate weights on the config's val split")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--mode", choices=["whole", "slide"])
+    p.add_argument("--tta", help="e.g. flip,scales=0.75,1,1.25")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="write label PNGs and overlays for images")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", help="model name (default: the one recorded in the weights file)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--label-set", help="palette/label set name (default: recorded in the weights, else voc)")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--crop-size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    p.add_argument("--tta", help="e.g. flip,scales=0.75,1,1.25")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="generate demo data, train, evaluate and predict")
+    p.add_argument("overrides", nargs="*", help="key.sub=value applied to the demo config")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from seglab.errors import SeglabError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except SeglabError as exc:
+        print(f"seglab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Run configuration: YAML files loaded into typed dataclasses, with ``key.sub=value`` overrides.
+
+A config file is small and flat: one section per concern (model, data, optim, schedule, train, eval).
+Unknown keys and wrong types raise :class:`~seglab.errors.ConfigError` naming the file and the key,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from seglab.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    num_classes: int = 21
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra factory options
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "voc"  # voc | folder | demo
+    root: str = ""  # dataset root; for "demo" empty means the demo cache folder
+    train_split: str = "train"
+    val_split: str = "val"
+    sbd_root: str = ""  # optional SBD benchmark_RELEASE folder merged into the VOC train split
+    crop_size: list[int] = field(default_factory=lambda: [512, 512])  # [H, W]
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    base_size: int = 0  # if > 0, images are resized so the longer side is base_size before scaling
+    hflip: bool = True
+    label_swap: list[list[int]] = field(default_factory=list)  # pairs swapped by a horizontal flip
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 disables
+    batch_size: int = 8
+    workers: int = 2
+    palette: str = "voc"  # name of the label set in seglab.data.palettes
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "poly"  # poly | cosine
+    power: float = 0.9
+    min_lr: float = 0.0
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.1  # lr at iteration 0 = warmup_ratio * lr
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 1000
+    eval_interval: int = 500  # 0: evaluate only at the end
+    checkpoint_interval: int = 500
+    log_interval: int = 10
+    aux_weights: list[float] = field(default_factory=list)  # weights of the model's "aux" outputs
+    class_weights: list[float] = field(default_factory=list)  # per-class CE weights; empty = uniform
+    amp: bool = False  # bf16 autocast
+    grad_clip: float = 0.0  # max gradient norm; 0 disables
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "whole"  # whole | slide
+    crop_size: list[int] = field(default_factory=lambda: [512, 512])
+    stride: list[int] = field(default_factory=lambda: [341, 341])
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    batch_size: int = 1
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it (ints are accepted for floats)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, where, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: key '{where}' expects {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{source}: key '{where}' expects null, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{where}' expects a mapping (section), got {value!r}")
+        return _build(tp, value, where, source)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: key '{where}' expects a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, item_tp, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{where}' expects a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+    else:
+        raise TypeError(f"unsupported config annotation {tp!r} at {where}")
+    raise ConfigError(f"{source}: key '{where}' expects {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(
+                f"{source}: unknown key '{where}'; expected one of: {', '.join(sorted(names))}"
+            )
+        kwargs[key] = _convert(value, hints[key], where, source)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+    """Build a :class:`Config` from a nested mapping, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    return _build(Config, data, "", source)
+
+
+def _set_path(data: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: cannot set '{dotted}': '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "command line") -> dict:
+    """Apply ``key.sub=value`` strings to a nested mapping; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source}: override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw) if raw != "" else "", source)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``overrides``."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level")
+    if overrides:
+        try:
+            apply_overrides(data, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return config_from_dict(data, source)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The config as plain data, for writing ``runs/<name>/config.yaml``."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the config as YAML, atomically."""
+    from seglab.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,321 @@
+"""Single-process training loop for semantic models.
+
+One loop for every model: the model's outputs (a tensor, or a dict with ``out`` and ``aux``) go to
+:class:`~seglab.losses.SegmentationLoss`. The run folder ``runs/<name>/`` receives config.yaml,
+metrics.jsonl (one JSON object per log or eval line), checkpoints/{last,best}.safetensors with
+last_state.pt (optimiser, scheduler, RNG, position in the data order) and curves.png.
+
+The data order is a permutation drawn per epoch from ``(seed, epoch)``, so a resumed run continues
+from the same batch it stopped at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from seglab.checkpoint import (
+    load_into,
+    load_state_dict,
+    load_training_state,
+    save_training_state,
+    save_weights,
+)
+from seglab.config import Config, save_config
+from seglab.errors import ConfigError
+from seglab.registry import create_model
+from seglab.utils import atomic_write_text, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    raise ConfigError(f"optim.name: unknown optimiser {o.name!r}; expected 'sgd' or 'adamw'")
+
+
+def lr_factor(cfg: Config, it: int) -> float:
+    """Learning-rate multiplier at iteration ``it``: linear warm-up, then poly or cosine decay."""
+    s, total = cfg.schedule, max(cfg.train.iters, 1)
+    if it < s.warmup_iters:
+        return s.warmup_ratio + (1.0 - s.warmup_ratio) * it / s.warmup_iters
+    progress = min(it / total, 1.0)
+    floor = s.min_lr / cfg.optim.lr if cfg.optim.lr > 0 else 0.0
+    if s.name == "poly":
+        decay = (1.0 - progress) ** s.power
+    elif s.name == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        raise ConfigError(f"schedule.name: unknown schedule {s.name!r}; expected 'poly' or 'cosine'")
+    return floor + (1.0 - floor) * decay
+
+
+class _EpochSampler(torch.utils.data.Sampler[int]):
+    """The permutation of epoch ``epoch`` drawn from ``seed``, starting at position ``start``."""
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        self.order = torch.randperm(n, generator=g)[start:].tolist()
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy(), *n[2:]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+class Trainer:
+    """Trains ``cfg.model`` on ``cfg.data``, evaluating and checkpointing as the config says."""
+
+    def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = False) -> None:
+        from seglab.data.palettes import get_label_set
+        from seglab.losses import SegmentationLoss
+
+        from seglab.data import build_dataset
+
+        self.cfg = cfg
+        self.progress = progress
+        self.device = resolve_device(cfg.train.device)
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        seed_everything(cfg.train.seed)
+        self.label_set = get_label_set(cfg.data.palette)
+        self.model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+        self.model.to(self.device)
+        self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+        self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
+        if len(self.train_set) < cfg.data.batch_size:
+            raise ConfigError(
+                f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_set)} training images"
+            )
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(cfg, it))
+        weights = torch.tensor(cfg.train.class_weights) if cfg.train.class_weights else None
+        self.criterion = SegmentationLoss(aux_weights=cfg.train.aux_weights, class_weights=weights).to(
+            self.device
+        )
+        self.iteration = 0
+        self.best_miou = -1.0
+        self.history: list[dict[str, Any]] = []
+        if resume:
+            self._resume()
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def weights_metadata(self) -> dict[str, Any]:
+        """What ``seglab predict`` needs to rebuild the model from the weights file alone."""
+        return {
+            "model": self.cfg.model.name,
+            "num_classes": self.cfg.model.num_classes,
+            "model_kwargs": self.cfg.model.kwargs,
+            "label_set": self.cfg.data.palette,
+            "iteration": self.iteration,
+        }
+
+    def save_checkpoint(self) -> None:
+        save_weights(self.ckpt_dir / "last.safetensors", self.model.state_dict(), self.weights_metadata())
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": self.iteration,
+            "best_miou": self.best_miou,
+            "rng": _rng_state(),
+        }
+        save_training_state(self.ckpt_dir / "last_state.pt", state)
+
+    def _resume(self) -> None:
+        weights = self.ckpt_dir / "last.safetensors"
+        state = load_training_state(self.ckpt_dir / "last_state.pt")
+        load_into(self.model, load_state_dict(weights), str(weights))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.iteration = int(state["iteration"])
+        self.best_miou = float(state["best_miou"])
+        _set_rng_state(state["rng"])
+        log.info("resumed from %s at iteration %d", weights, self.iteration)
+
+    # -- logging -----------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # -- loop --------------------------------------------------------------------------------------
+    def _batches(self):
+        """Endless batches in the per-epoch seeded order, starting where ``self.iteration`` is."""
+        bs = self.cfg.data.batch_size
+        per_epoch = len(self.train_set) // bs
+        epoch, start = divmod(self.iteration, per_epoch)
+        while True:
+            sampler = _EpochSampler(len(self.train_set), self.cfg.train.seed, epoch, start * bs)
+            loader = DataLoader(
+                self.train_set,
+                batch_size=bs,
+                sampler=sampler,
+                num_workers=self.cfg.data.workers,
+                drop_last=True,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=False,
+            )
+            yield from loader
+            epoch, start = epoch + 1, 0
+
+    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+        self.model.train()
+        images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp):
+            outputs = self.model(images)
+        outputs = {k: _to_float(v) for k, v in outputs.items()} if isinstance(outputs, dict) else outputs.float()
+        loss, parts = self.criterion(outputs, masks)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at iteration {self.iteration}; the last good checkpoint is "
+                f"{self.ckpt_dir / 'last.safetensors'}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return parts
+
+    def evaluate(self):
+        from seglab.engine.evaluator import evaluate
+
+        e = self.cfg.eval
+        return evaluate(
+            self.model,
+            self.val_set,
+            num_classes=self.cfg.model.num_classes,
+            mode=e.mode,
+            crop_size=tuple(e.crop_size),
+            stride=tuple(e.stride),
+            scales=tuple(e.scales),
+            flip=e.flip,
+            flip_pairs=self.label_set.flip_pairs,
+            device=self.device,
+            batch_size=e.batch_size,
+            progress=False,
+        )
+
+    def fit(self, stop_at: int | None = None):
+        """Train to ``cfg.train.iters``; returns the final validation metrics.
+
+        ``stop_at`` ends the run early after that iteration, with a checkpoint written there, as an
+        interrupted run would be; ``--resume`` then continues it to ``cfg.train.iters``.
+        """
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        total = cfg.train.iters
+        metrics = None
+        t0, start_it = time.perf_counter(), self.iteration
+        bar = _progress_bar(self.progress)
+        with bar:
+            task = bar.add_task("train", total=total, completed=self.iteration, loss=float("nan"), lr=0.0)
+            batches = self._batches()
+            while self.iteration < (total if stop_at is None else min(stop_at, total)):
+                images, masks = next(batches)
+                parts = self.train_step(images, masks)
+                self.iteration += 1
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.update(task, advance=1, loss=parts["loss"], lr=lr)
+                if self.iteration % cfg.train.log_interval == 0 or self.iteration == total:
+                    rate = (self.iteration - start_it) / (time.perf_counter() - t0)
+                    self._log({"iter": self.iteration, "lr": lr, **parts, "it_per_s": rate})
+                evaluate_now = self.iteration == total or (
+                    cfg.train.eval_interval > 0 and self.iteration % cfg.train.eval_interval == 0
+                )
+                if evaluate_now:
+                    metrics = self.evaluate()
+                    self._log({"iter": self.iteration, "split": "val", **metrics.to_dict()})
+                    if metrics.mIoU > self.best_miou:
+                        self.best_miou = metrics.mIoU
+                        save_weights(
+                            self.ckpt_dir / "best.safetensors",
+                            self.model.state_dict(),
+                            {**self.weights_metadata(), "mIoU": metrics.mIoU},
+                        )
+                if self.iteration % cfg.train.checkpoint_interval == 0 or self.iteration in (total, stop_at):
+                    self.save_checkpoint()
+        if stop_at is not None and self.iteration < total:
+            return metrics
+        if metrics is None:  # resumed a finished run
+            metrics = self.evaluate()
+        atomic_write_text(self.run_dir / "final_metrics.json", json.dumps(metrics.to_dict(), indent=2))
+        try:
+            from seglab.visualize import plot_curves
+
+            plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+        except ImportError as exc:  # matplotlib is a dependency; only a broken install gets here
+            log.warning("curves.png not drawn: %s", exc)
+        return metrics
+
+
+def _to_float(v):
+    if isinstance(v, torch.Tensor):
+        return v.float()
+    if isinstance(v, (list, tuple)):
+        return [_to_float(x) for x in v]
+    return v
+
+
+def _progress_bar(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def train(cfg: Config, *, resume: bool = False, progress: bool = False):
+    """Build a :class:`Trainer` for ``cfg`` and run it; returns the final validation metrics."""
+    return Trainer(cfg, resume=resume, progress=progress).fit()
+
+
+__all__ = ["Trainer", "build_optimizer", "lr_factor", "train"]

@@ -1,0 +1,23 @@
+"""The errors seglab raises for bad input.
+
+Each message names the file (or config key) and says what was expected, so a user can fix the input
+without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class SeglabError(Exception):
+    """Base class of all seglab input errors."""
+
+
+class DatasetError(SeglabError):
+    """A dataset root, split list, image or label file is missing or malformed."""
+
+
+class ConfigError(SeglabError):
+    """A config file has an unknown key, a wrong type or a bad value."""
+
+
+class CheckpointError(SeglabError):
+    """A weights file is missing, unsafe, or does not match the model."""

@@ -1,0 +1,103 @@
+"""The table of registered models: for ``seglab models`` and the generated docs/models.md.
+
+Parameter counts are computed by building each model at its paper setting on the ``meta`` device
+(no memory, no weights), counted as ``sum(p.numel())``, and set beside the paper's reference count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from seglab.registry import count_parameters, list_models, model_info
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    task: str
+    paper: str
+    year: int
+    input_size: tuple[int, int]
+    setting: str
+    params: int
+    paper_params: int | None
+    url: str
+
+
+def count_at_paper_setting(name: str) -> int:
+    """Parameters of model ``name`` built with its ``paper_kwargs`` (on the meta device)."""
+    info = model_info(name)
+    with torch.device("meta"):
+        model = info.factory(**info.paper_kwargs)
+    return count_parameters(model)
+
+
+def model_rows(task: str | None = None) -> list[ModelRow]:
+    rows = []
+    for name in list_models(task):
+        info = model_info(name)
+        setting = ", ".join(f"{k}={v}" for k, v in info.paper_kwargs.items()) or "defaults"
+        rows.append(
+            ModelRow(
+                name=name,
+                task=info.task,
+                paper=info.paper,
+                year=info.year,
+                input_size=info.input_size,
+                setting=setting,
+                params=count_at_paper_setting(name),
+                paper_params=info.paper_params,
+                url=info.url,
+            )
+        )
+    return rows
+
+
+def _fmt(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _delta(row: ModelRow) -> str:
+    if row.paper_params is None:
+        return "-"
+    return f"{100.0 * (row.params - row.paper_params) / row.paper_params:+.2f}%"
+
+
+def models_markdown() -> str:
+    """docs/models.md, generated from the registry (scripts/gen_model_docs.py writes it)."""
+    lines = [
+        "# Models",
+        "",
+        "Generated from the registry by `python scripts/gen_model_docs.py`; do not edit by hand "
+        "(a test fails when this file is stale).",
+        "",
+        "*params*: `sum(p.numel())` of the factory built with the paper's setting (column *setting*); "
+        "*reference*: the count from the paper's reference code (see shared/reference/models.md).",
+        "",
+        "| model | task | paper | year | input | setting | params | reference | diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in model_rows():
+        paper = f"[{r.paper}]({r.url})" if r.url else r.paper
+        lines.append(
+            f"| `{r.name}` | {r.task} | {paper} | {r.year} | {r.input_size[0]}x{r.input_size[1]} | "
+            f"{r.setting} | {_fmt(r.params)} | {_fmt(r.paper_params)} | {_delta(r)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def models_rich_table(task: str | None = None):
+    """The same table for the terminal."""
+    from rich.table import Table
+
+    table = Table(title="seglab models")
+    for col in ("model", "task", "paper", "year", "input", "setting", "params", "reference", "diff"):
+        table.add_column(col, justify="right" if col in ("params", "reference", "diff", "year") else "left")
+    for r in model_rows(task):
+        table.add_row(
+            r.name, r.task, r.paper, str(r.year), f"{r.input_size[0]}x{r.input_size[1]}", r.setting,
+            _fmt(r.params), _fmt(r.paper_params), _delta(r),
+        )
+    return table
