@@ -1,0 +1,82 @@
+"""Backbones: thin wrappers over torchvision models, and the loading of their pretrained weights.
+
+A backbone is always built as the torchvision module first (``weights=None``), so a published torchvision
+checkpoint loads into it unchanged; the segmentation model then takes its stages apart.
+
+``pretrained_backbone`` (the option of every factory with a backbone) is resolved by
+:func:`load_backbone_weights`:
+
+- ``False`` / ``None``: random initialisation;
+- ``True``: torchvision's published weights (the enum's ``DEFAULT``), downloaded into the torch hub cache;
+- a string naming a member of the weights enum (``"IMAGENET1K_V1"`` or ``"VGG16_Weights.IMAGENET1K_V1"``):
+  those weights;
+- any other string: a local file (``.safetensors``, or ``.pth``/``.pt`` read with ``weights_only=True``)
+  holding the torchvision state dict, loaded strictly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from seglab.checkpoint import load_into, load_state_dict
+from seglab.errors import CheckpointError
+
+__all__ = ["load_backbone_weights", "resolve_torchvision_weights"]
+
+
+def resolve_torchvision_weights(spec: bool | str | None, weights_enum: type[WeightsEnum]) -> WeightsEnum | None:
+    """The enum member that ``spec`` names (``True`` -> ``DEFAULT``), or None if it names a file or nothing."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return weights_enum.DEFAULT
+    if not isinstance(spec, str):
+        raise TypeError(f"pretrained_backbone must be a bool or a str, got {type(spec).__name__}")
+    if Path(spec).expanduser().exists():
+        return None
+    name = spec.split(".", 1)[1] if spec.startswith(weights_enum.__name__ + ".") else spec
+    try:
+        return weights_enum[name]
+    except KeyError:
+        return None
+
+
+def load_backbone_weights(
+    module: nn.Module, spec: bool | str | None, *, torchvision_weights: type[WeightsEnum]
+) -> None:
+    """Load the weights that ``spec`` asks for into the torchvision-format ``module`` (in place).
+
+    ``torchvision_weights`` is the torchvision weights enum of the module (e.g. ``VGG16_Weights``). Raises
+    :class:`~seglab.errors.CheckpointError` when the download fails (saying the URL and how to give the file
+    instead) or when a file does not match the module (listing missing, unexpected and mismatched keys).
+    """
+    if spec is None or spec is False:
+        return
+    arch = torchvision_weights.__name__.removesuffix("_Weights").lower()
+    member = resolve_torchvision_weights(spec, torchvision_weights)
+    if member is not None:
+        try:
+            state_dict = member.get_state_dict(progress=False)
+        except (OSError, RuntimeError, ValueError) as exc:
+            filename = member.url.rsplit("/", 1)[-1]
+            raise CheckpointError(
+                f"could not get the torchvision {arch} weights {member} from {member.url} ({exc}). Without "
+                f"network access, download that file on another machine and pass its path: "
+                f'pretrained_backbone="/path/{filename}" (or put it in '
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'})"
+            ) from exc
+        load_into(module, state_dict, f"{member.url} (torchvision {arch} state dict)")
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        names = ", ".join(m.name for m in torchvision_weights)
+        raise CheckpointError(
+            f"{spec}: pretrained_backbone is neither an existing weights file nor a {torchvision_weights.__name__} "
+            f"name ({names}, DEFAULT)"
+        )
+    state_dict = load_state_dict(path)
+    load_into(module, state_dict, f"{path} (expected a torchvision {arch} state dict)")
