@@ -99,10 +99,9 @@ class Trainer:
     """Trains ``cfg.model`` on ``cfg.data``, evaluating and checkpointing as the config says."""
 
     def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = False) -> None:
+        from seglab.data import build_dataset
         from seglab.data.palettes import get_label_set
         from seglab.losses import SegmentationLoss
-
-        from seglab.data import build_dataset
 
         self.cfg = cfg
         self.progress = progress
@@ -184,6 +183,9 @@ class Trainer:
                 sampler=sampler,
                 num_workers=self.cfg.data.workers,
                 drop_last=True,
+                # its own generator: creating the iterator must not draw from the global RNG, or a
+                # resumed run (which creates it at another iteration) would augment differently
+                generator=torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch),
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=False,
             )

@@ -1,0 +1,316 @@
+"""Test-time inference for semantic models: whole image or sliding window, multi-scale and flip.
+
+:func:`infer_probs` is the one place where an image batch becomes per-pixel class probabilities;
+evaluation, prediction and export all go through it, so a metric and a saved mask always come from
+the same computation. :class:`Predictor` wraps it for single images (numpy, PIL or tensors).
+
+- **whole**: one forward pass over the full image.
+- **slide** (mmsegmentation's semantics): windows of ``crop_size`` every ``stride`` pixels, the
+  last window in each direction aligned to the image border so every pixel is covered; an image
+  smaller than the crop is zero-padded (bottom/right; zero is the mean colour after normalisation)
+  to the crop and the result cropped back. Each window's *softmax probabilities* are accumulated
+  and divided by the per-pixel window count. Probabilities rather than logits: every other
+  averaging here (over scales and flips) is over probabilities too, so overlapping windows, scales
+  and flips are all combined the same way, and a window with large logits cannot outvote its
+  neighbours. (mmsegmentation averages logits; argmax agrees wherever the windows agree.)
+- **scales**: the image is resized bilinearly (``align_corners=False``) by each factor, inferred
+  (whole or slide), and the probabilities resized back to the input size and averaged.
+- **flip**: the horizontally flipped image is inferred too; its output is flipped back and its
+  channels swapped by ``flip_pairs`` (e.g. left arm <-> right arm) before averaging.
+
+Model outputs may be a ``[B, K, h, w]`` tensor or a dict with ``"out"``; logits at another size
+than their input are resized bilinearly (``align_corners=False``) to it. :func:`infer_probs` does
+not change the grad mode: callers run it under ``torch.inference_mode`` (evaluate and Predictor do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("whole", "slide")
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        value = (value, value)
+    pair = tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"{name} must be two integers (height, width), got {value!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_infer_args(
+    mode: str, crop_size: int | Sequence[int], stride: int | Sequence[int], scales: Sequence[float]
+) -> tuple[tuple[int, int], tuple[int, int], tuple[float, ...]]:
+    """Validate the inference options; returns (crop_size, stride, scales) normalised to tuples."""
+    if mode not in MODES:
+        raise ValueError(f"inference mode must be one of {', '.join(MODES)}; got {mode!r}")
+    crop = _pair(crop_size, "crop_size")
+    step = _pair(stride, "stride")
+    scale_list = tuple(float(s) for s in scales)
+    if not scale_list:
+        raise ValueError("scales must not be empty; use (1.0,) for single-scale inference")
+    if any(not s > 0 for s in scale_list):
+        raise ValueError(f"scales must be positive, got {scale_list}")
+    return crop, step, scale_list
+
+
+def sliding_windows(
+    size: tuple[int, int], crop_size: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """The ``(y0, y1, x0, x1)`` windows that slide inference uses on an image of ``size``.
+
+    mmsegmentation's grid: ``max(H - crop + stride - 1, 0) // stride + 1`` rows (likewise columns),
+    window ``i`` starting at ``i * stride`` and shifted back so that it ends inside the image (the
+    last one ends at the border). Windows are ``crop`` wide unless the image is smaller.
+    """
+    (h, w), (ch, cw), (sh, sw) = size, crop_size, stride
+    rows = max(h - ch + sh - 1, 0) // sh + 1
+    cols = max(w - cw + sw - 1, 0) // sw + 1
+    windows = []
+    for r in range(rows):
+        y1 = min(r * sh + ch, h)
+        y0 = max(y1 - ch, 0)
+        for c in range(cols):
+            x1 = min(c * sw + cw, w)
+            x0 = max(x1 - cw, 0)
+            windows.append((y0, y1, x0, x1))
+    return windows
+
+
+def forward_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``model(images)`` as float logits ``[B, K, H, W]`` at the input's size (dict outputs: ``"out"``)."""
+    out = model(images)
+    if isinstance(out, dict):
+        if "out" not in out:
+            raise ValueError(f"model returned a dict without 'out' (keys: {sorted(out)})")
+        out = out["out"]
+    if not isinstance(out, torch.Tensor) or out.ndim != 4:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model output must be logits [B, K, H, W], got {got}")
+    out = out.float()
+    if out.shape[-2:] != images.shape[-2:]:
+        out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return out
+
+
+def _slide_probs(
+    model: nn.Module, images: torch.Tensor, crop_size: tuple[int, int], stride: tuple[int, int]
+) -> torch.Tensor:
+    b, _, h, w = images.shape
+    pad_h, pad_w = max(crop_size[0] - h, 0), max(crop_size[1] - w, 0)
+    if pad_h or pad_w:
+        images = F.pad(images, (0, pad_w, 0, pad_h))
+    hp, wp = images.shape[-2:]
+    probs: torch.Tensor | None = None
+    count = torch.zeros(1, 1, hp, wp, device=images.device)
+    for y0, y1, x0, x1 in sliding_windows((hp, wp), crop_size, stride):
+        window = forward_logits(model, images[:, :, y0:y1, x0:x1]).softmax(dim=1)
+        if probs is None:
+            probs = images.new_zeros(b, window.shape[1], hp, wp, dtype=torch.float32)
+        probs[:, :, y0:y1, x0:x1] += window
+        count[:, :, y0:y1, x0:x1] += 1
+    assert probs is not None  # sliding_windows always yields at least one window
+    return (probs / count)[:, :, :h, :w]
+
+
+def _flip_permutation(flip_pairs: Sequence[tuple[int, int]], num_classes: int) -> list[int]:
+    perm = list(range(num_classes))
+    for pair in flip_pairs:
+        a, b = (int(v) for v in pair)
+        if not (0 <= a < num_classes and 0 <= b < num_classes):
+            raise ValueError(f"flip_pairs: ({a}, {b}) is outside the model's {num_classes} classes")
+        perm[a], perm[b] = b, a
+    return perm
+
+
+def infer_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mode: str = "whole",
+    crop_size: tuple[int, int] = (512, 512),
+    stride: tuple[int, int] = (341, 341),
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    flip_pairs: Sequence[tuple[int, int]] = (),
+) -> torch.Tensor:
+    """Softmax probabilities ``[B, K, H, W]`` for normalised ``images [B, 3, H, W]``, at their size.
+
+    Averages over ``scales`` x (unflipped, flipped if ``flip``); see the module docstring.
+    """
+    crop, step, scale_list = check_infer_args(mode, crop_size, stride, scales)
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"infer_probs: images must be a float tensor [B, 3, H, W], got "
+                         f"{images.dtype} {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    total: torch.Tensor | None = None
+    runs = 0
+    for scale in scale_list:
+        size = (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))
+        scaled = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            x = scaled.flip(-1) if flipped else scaled
+            if mode == "slide":
+                probs = _slide_probs(model, x, crop, step)
+            else:
+                probs = forward_logits(model, x).softmax(dim=1)
+            if flipped:
+                probs = probs.flip(-1)[:, _flip_permutation(flip_pairs, probs.shape[1])]
+            if probs.shape[-2:] != (h, w):
+                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+            total = probs if total is None else total + probs
+            runs += 1
+    assert total is not None
+    return total / runs
+
+
+def parse_tta(tta: str | Sequence[str]) -> tuple[bool, tuple[float, ...] | None]:
+    """Read ``["flip", "scales=0.75,1,1.25"]`` (or the same joined by commas) as (flip, scales).
+
+    ``scales`` is None when the list names none.
+    """
+    items = [tta] if isinstance(tta, str) else list(tta)
+    tokens = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
+    flip, scales, in_scales = False, None, False
+    for token in tokens:
+        try:
+            if token == "flip":
+                flip, in_scales = True, False
+            elif token.startswith("scales="):
+                scales, in_scales = [float(token.split("=", 1)[1])], True
+            elif in_scales:
+                scales.append(float(token))
+            else:
+                raise ValueError(token)
+        except ValueError:
+            raise ValueError(
+                f"tta: cannot read {token!r} in {tta!r}; expected e.g. ['flip', 'scales=0.75,1,1.25']"
+            ) from None
+    return flip, (tuple(scales) if scales is not None else None)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _to_input(image: Any) -> torch.Tensor:
+    """One image as a normalised float tensor [3, H, W] (float tensors are taken as normalised)."""
+    if isinstance(image, torch.Tensor):
+        if image.is_floating_point():
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"Predictor: a float tensor image must be normalised [3, H, W], got "
+                                 f"{tuple(image.shape)}")
+            return image.float()
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"Predictor: a tensor image must be uint8 [3, H, W] or normalised float "
+                             f"[3, H, W], got {image.dtype} {tuple(image.shape)}")
+    elif isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"Predictor: a numpy image must be uint8 HxWx3, got {image.dtype}; for "
+                             "normalised floats pass a torch tensor [3, H, W]")
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        elif image.ndim == 3 and image.shape[2] == 4:
+            image = image[:, :, :3]
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"Predictor: a numpy image must be HxWx3 uint8, got shape {image.shape}")
+        image = np.ascontiguousarray(image)
+    else:
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"Predictor: cannot read an image of type {type(image).__name__}; expected an "
+                             "HxWx3 uint8 array, a PIL image or a [3, H, W] tensor")
+        # a writable copy: torch warns on the read-only array np.asarray(PIL image) gives
+        image = np.array(image.convert("RGB") if image.mode != "RGB" else image)
+    from seglab.data.transforms import normalize_image
+
+    return normalize_image(image)
+
+
+class Predictor:
+    """Segment single images: ``Predictor(model)(image) -> HxW int64 labels``.
+
+    ``image`` may be an HxWx3 uint8 array, a PIL image or a uint8 tensor ``[3, H, W]`` (normalised
+    with seglab.data.transforms.normalize_image), or a float tensor ``[3, H, W]`` taken as already
+    normalised. ``tta`` (e.g. ``["flip", "scales=0.75,1,1.25"]``) turns flip on and sets the scales.
+    The model is put in eval mode on ``device`` (default: where the model already is).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mode: str = "whole",
+        crop_size: tuple[int, int] = (512, 512),
+        stride: tuple[int, int] = (341, 341),
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        tta: Sequence[str] | str | None = None,
+        flip_pairs: Sequence[tuple[int, int]] = (),
+        device: str | torch.device | None = None,
+    ) -> None:
+        if tta:
+            tta_flip, tta_scales = parse_tta(tta)
+            flip = flip or tta_flip
+            scales = tta_scales if tta_scales is not None else scales
+        self.crop_size, self.stride, self.scales = check_infer_args(mode, crop_size, stride, scales)
+        self.mode = mode
+        self.flip = bool(flip)
+        self.flip_pairs = tuple((int(a), int(b)) for a, b in flip_pairs)
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.model = model.to(self.device).eval()
+
+    def _probs(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return infer_probs(
+                self.model, batch.to(self.device), mode=self.mode, crop_size=self.crop_size, stride=self.stride,
+                scales=self.scales, flip=self.flip, flip_pairs=self.flip_pairs,
+            )
+
+    def predict_probs(self, image: Any) -> torch.Tensor:
+        """Class probabilities ``[K, H, W]`` (float32, on the CPU) for one image."""
+        return self._probs(_to_input(image)[None])[0].cpu()
+
+    def __call__(self, image: Any) -> np.ndarray:
+        """Labels ``H x W`` (int64) for one image."""
+        return self._probs(_to_input(image)[None]).argmax(dim=1)[0].cpu().numpy().astype(np.int64)
+
+    def predict_batch(self, images: Sequence[Any], batch_size: int = 8) -> list[np.ndarray]:
+        """Labels for each image; up to ``batch_size`` consecutive images of one size run together."""
+        inputs = [_to_input(image) for image in images]
+        labels: list[np.ndarray] = []
+        start = 0
+        while start < len(inputs):
+            stop = start + 1
+            while stop < len(inputs) and stop - start < batch_size and inputs[stop].shape == inputs[start].shape:
+                stop += 1
+            pred = self._probs(torch.stack(inputs[start:stop])).argmax(dim=1).cpu().numpy().astype(np.int64)
+            labels.extend(pred)
+            start = stop
+        return labels
+
+
+__all__ = [
+    "Predictor",
+    "check_infer_args",
+    "forward_logits",
+    "infer_probs",
+    "model_device",
+    "parse_tta",
+    "sliding_windows",
+]
