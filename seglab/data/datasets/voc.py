@@ -1,0 +1,170 @@
+"""PASCAL VOC 2012 segmentation, optionally with the SBD augmented training labels.
+
+Reads the official layout exactly (``root`` is the VOC2012 folder)::
+
+    root/JPEGImages/<id>.jpg
+    root/SegmentationClass/<id>.png          palette PNG of class indices, 255 = void (ignored)
+    root/ImageSets/Segmentation/<split>.txt  one id per line
+
+SBD (Hariharan et al., "Semantic Contours from Inverse Detectors", ICCV 2011), given as the
+``benchmark_RELEASE/dataset`` folder (``img/<id>.jpg``, ``cls/<id>.mat`` with the ``GTcls.Segmentation``
+field, ``train.txt``, ``val.txt``), adds the ids of its ``train.txt`` to the split: VOC's own ids keep
+their VOC files, and ids of VOC's val split are dropped from the SBD part so nothing leaks into
+validation. Reading .mat files needs scipy (``pip install seglab[sbd]``).
+
+Every listed file is checked at construction, so a missing file fails before training starts.
+:class:`PairedSegmentationDataset` (image/label path lists, validation, transforms) is shared with
+the folder loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seglab.data.io import read_image, read_label
+from seglab.data.palettes import LabelSet, get_label_set
+from seglab.errors import DatasetError
+
+VOC_LAYOUT = (
+    "expected the VOC2012 layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png, ImageSets/Segmentation/<split>.txt"
+)
+SBD_LAYOUT = "expected the SBD layout benchmark_RELEASE/dataset: img/<id>.jpg, cls/<id>.mat, train.txt, val.txt"
+
+
+def read_id_list(path: Path, layout: str) -> list[str]:
+    """The ids in a split file (first token of each non-empty line)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: split file not found; {layout}")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_files_exist(paths: list[Path], layout: str) -> None:
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DatasetError(f"{missing[0]}: listed file not found{more}; {layout}")
+
+
+def read_sbd_label(path: Path) -> np.ndarray:
+    """The ``GTcls.Segmentation`` class map of an SBD .mat file as uint8 HxW."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise DatasetError(f"{path}: reading SBD .mat labels needs scipy: pip install seglab[sbd]") from None
+    try:
+        mat = loadmat(path, squeeze_me=True, struct_as_record=False)
+        seg = np.asarray(mat["GTcls"].Segmentation)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise DatasetError(f"{path}: cannot read GTcls.Segmentation from the SBD .mat file: {exc}") from None
+    if seg.ndim != 2 or (seg.size and (seg.min() < 0 or seg.max() > 255)):
+        raise DatasetError(f"{path}: GTcls.Segmentation must be an HxW map of indices 0..255, got shape {seg.shape}")
+    return seg.astype(np.uint8)
+
+
+class PairedSegmentationDataset:
+    """Images and label maps given as parallel path lists; ``dataset[i]`` is ``(image, mask)``.
+
+    Without transforms an item is a PIL RGB image and a uint8 HxW label array; with them, whatever the
+    transforms return (for :func:`~seglab.data.transforms.build_transforms`: float [3,H,W], int64 [H,W]).
+    A label whose size differs from its image, or with values >= ``num_classes`` other than 255, raises
+    :class:`DatasetError` naming the files.
+    """
+
+    def __init__(
+        self,
+        ids: list[str],
+        image_paths: list[Path],
+        label_paths: list[Path],
+        transforms: Callable[[Any, np.ndarray], Any] | None = None,
+        label_set: LabelSet | None = None,
+    ) -> None:
+        self.ids = ids
+        self.image_paths = image_paths
+        self.label_paths = label_paths
+        self.transforms = transforms
+        self.label_set = label_set or get_label_set("voc")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_label(self, path: Path) -> np.ndarray:
+        return read_sbd_label(path) if path.suffix == ".mat" else read_label(path)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image_path, label_path = self.image_paths[index], self.label_paths[index]
+        image = read_image(image_path)
+        label = self.load_label(label_path)
+        if label.shape != (image.height, image.width):
+            raise DatasetError(
+                f"{label_path}: label size {label.shape[1]}x{label.shape[0]} (WxH) differs from image "
+                f"{image_path} size {image.width}x{image.height}"
+            )
+        num_classes = self.label_set.num_classes
+        if label.max(initial=0) >= num_classes:
+            bad = np.unique(label[(label >= num_classes) & (label != 255)])
+            if bad.size:
+                raise DatasetError(
+                    f"{label_path}: label values {bad.tolist()[:10]} are >= the {num_classes} classes of label set "
+                    f"{self.label_set.name!r} (and are not 255 = ignore)"
+                )
+        if self.transforms is not None:
+            return self.transforms(image, label)
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images, label set {self.label_set.name!r})"
+
+
+class VOCSegmentation(PairedSegmentationDataset):
+    """PASCAL VOC 2012 ``split`` from ``root`` (the VOC2012 folder), with SBD train ids merged when
+    ``sbd_root`` (benchmark_RELEASE/dataset) is given."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transforms: Callable[[Any, np.ndarray], Any] | None = None,
+        sbd_root: str | Path | None = None,
+        label_set: LabelSet | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: VOC root folder not found; {VOC_LAYOUT}")
+        ids = read_id_list(self.root / "ImageSets" / "Segmentation" / f"{split}.txt", VOC_LAYOUT)
+        image_paths = [self.root / "JPEGImages" / f"{i}.jpg" for i in ids]
+        label_paths = [self.root / "SegmentationClass" / f"{i}.png" for i in ids]
+        check_files_exist(image_paths + label_paths, VOC_LAYOUT)
+        if sbd_root:
+            sbd_ids, sbd_images, sbd_labels = self._sbd_part(Path(sbd_root), set(ids))
+            ids, image_paths, label_paths = ids + sbd_ids, image_paths + sbd_images, label_paths + sbd_labels
+        super().__init__(ids, image_paths, label_paths, transforms, label_set)
+
+    def _sbd_part(self, sbd_root: Path, voc_ids: set[str]) -> tuple[list[str], list[Path], list[Path]]:
+        if self.split == "val":
+            raise DatasetError(f"{sbd_root}: SBD labels are merged into training splits only, not 'val'")
+        try:
+            import scipy.io  # noqa: F401
+        except ImportError:
+            raise DatasetError(f"{sbd_root}: reading SBD .mat labels needs scipy: pip install seglab[sbd]") from None
+        if not sbd_root.is_dir():
+            raise DatasetError(f"{sbd_root}: SBD folder not found; {SBD_LAYOUT}")
+        val_file = self.root / "ImageSets" / "Segmentation" / "val.txt"
+        voc_val = set(read_id_list(val_file, VOC_LAYOUT)) if val_file.is_file() else set()
+        seen = set(voc_ids) | voc_val
+        ids = []
+        for i in read_id_list(sbd_root / "train.txt", SBD_LAYOUT):
+            if i not in seen:
+                seen.add(i)
+                ids.append(i)
+        images = [sbd_root / "img" / f"{i}.jpg" for i in ids]
+        labels = [sbd_root / "cls" / f"{i}.mat" for i in ids]
+        check_files_exist(images + labels, SBD_LAYOUT)
+        return ids, images, labels
+
+
+__all__ = ["PairedSegmentationDataset", "VOCSegmentation"]

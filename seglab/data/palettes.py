@@ -1,0 +1,118 @@
+"""Label sets: the class names, colours and left/right flip pairs of every dataset seglab reads.
+
+A label set is what turns an index map into something a person can read (coloured PNGs, overlays,
+metric tables) and tells the flip transform which labels swap sides. Label PNGs are written as
+palette (P-mode) images so that the file holds class indices and its palette holds the colours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VOID_COLOR = (224, 224, 192)  # the colour VOC gives index 255 ("void", ignored)
+
+
+def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC colour map: the bits of the index interleaved into the high bits of R, G, B."""
+    colors = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colors.append((r, g, b))
+    return colors
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Class names and colours of a dataset, index order; ``flip_pairs`` swap under a horizontal flip."""
+
+    name: str
+    classes: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.classes) != len(self.colors):
+            raise ValueError(f"label set {self.name!r}: {len(self.classes)} classes but {len(self.colors)} colours")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def palette_bytes(self) -> bytes:
+        """768 bytes for ``PIL.Image.putpalette``: the class colours, then the VOC colour map, 255 void."""
+        colors = voc_colormap(256)
+        colors[: self.num_classes] = self.colors
+        colors[255] = VOID_COLOR
+        return bytes(v for rgb in colors for v in rgb)
+
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+DEMO_SHAPES_CLASSES = ("background", "circle", "square", "triangle", "star")
+
+LIP_CLASSES = (
+    "Background", "Hat", "Hair", "Glove", "Sunglasses", "UpperClothes", "Dress", "Coat", "Socks", "Pants",
+    "Jumpsuits", "Scarf", "Skirt", "Face", "LeftArm", "RightArm", "LeftLeg", "RightLeg", "LeftShoe", "RightShoe",
+)  # fmt: skip
+LIP_COLORS = (
+    (0, 0, 0), (128, 0, 0), (255, 0, 0), (0, 85, 0), (170, 0, 51), (255, 85, 0), (0, 0, 85), (0, 119, 221),
+    (85, 85, 0), (0, 85, 85), (85, 51, 0), (52, 86, 128), (0, 128, 0), (0, 0, 255), (51, 170, 221),
+    (0, 255, 255), (85, 255, 170), (170, 255, 85), (255, 255, 0), (255, 170, 0),
+)  # fmt: skip
+LIP_FLIP_PAIRS = ((14, 15), (16, 17), (18, 19))  # LeftArm/RightArm, LeftLeg/RightLeg, LeftShoe/RightShoe
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+CITYSCAPES_COLORS = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+    (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)  # fmt: skip
+
+CAMVID_CLASSES = (
+    "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+)  # fmt: skip
+CAMVID_COLORS = (  # the SegNet CamVid colours
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+)  # fmt: skip
+
+
+def _voc_colored(name: str, classes: tuple[str, ...]) -> LabelSet:
+    return LabelSet(name, classes, tuple(voc_colormap(len(classes))))
+
+
+_LABEL_SETS: dict[str, LabelSet] = {
+    "voc": _voc_colored("voc", VOC_CLASSES),
+    "demo_shapes": _voc_colored("demo_shapes", DEMO_SHAPES_CLASSES),
+    "lip": LabelSet("lip", LIP_CLASSES, LIP_COLORS, LIP_FLIP_PAIRS),
+    "cityscapes": LabelSet("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_COLORS),
+    "camvid": LabelSet("camvid", CAMVID_CLASSES, CAMVID_COLORS),
+}
+
+
+def list_label_sets() -> list[str]:
+    """Names accepted by :func:`get_label_set` (and by the config key ``data.palette``)."""
+    return sorted(_LABEL_SETS)
+
+
+def get_label_set(name: str) -> LabelSet:
+    """The label set called ``name``; an unknown name raises KeyError listing the available ones."""
+    try:
+        return _LABEL_SETS[name]
+    except KeyError:
+        raise KeyError(f"unknown label set {name!r}; available: {', '.join(list_label_sets())}") from None
+
+
+__all__ = ["LabelSet", "get_label_set", "list_label_sets", "voc_colormap"]
