@@ -20,7 +20,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "dataset": "demo",
         "root": "",
         "palette": "demo_shapes",
-        "crop_size": [192, 192],
+        "crop_size": [128, 128],
         "scale_range": [0.75, 1.25],
         "hflip": True,
         "batch_size": 8,
@@ -28,7 +28,7 @@ DEMO_CONFIG: dict[str, Any] = {
     },
     "optim": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0001},
     "schedule": {"name": "poly", "power": 0.9, "warmup_iters": 50},
-    "train": {"iters": 1200, "eval_interval": 400, "checkpoint_interval": 200, "log_interval": 20, "seed": 0},
+    "train": {"iters": 500, "eval_interval": 250, "checkpoint_interval": 250, "log_interval": 20, "seed": 0},
     "eval": {"mode": "whole", "batch_size": 4},
 }
 
