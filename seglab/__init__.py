@@ -14,6 +14,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "list_models",
+    "load_torchvision",
     "model_info",
     "register_model",
 ]
@@ -21,6 +22,10 @@ __all__ = [
 
 def __getattr__(name: str):
     # Predictor pulls in the engine; import it lazily so `import seglab` stays light.
+    if name == "load_torchvision":
+        from seglab.convert.torchvision import load_torchvision
+
+        return load_torchvision
     if name == "Predictor":
         from seglab.engine.inference import Predictor
 

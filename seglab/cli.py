@@ -136,6 +136,15 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_convert_torchvision(args) -> int:
+    from seglab.convert import convert_torchvision
+
+    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    dst = convert_torchvision(args.name, args.src, args.dst, label_set=args.label_set, **kwargs)
+    print(f"{args.src} -> {dst} (seglab {args.name})")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from seglab.demo import run_demo
 
@@ -178,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
     p.add_argument("--tta", help="e.g. flip,scales=0.75,1,1.25")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("convert", help="convert another library's checkpoint to a seglab weights file")
+    convert = p.add_subparsers(dest="source", required=True)
+    p = convert.add_parser("torchvision", help="a torchvision segmentation state dict (.pth or .safetensors)")
+    p.add_argument("name", help="model name, e.g. deeplabv3_resnet50")
+    p.add_argument("src", help="torchvision state dict file")
+    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("--num-classes", type=int, help="default: read from the checkpoint's classifier")
+    p.add_argument("--label-set", default="voc", help="label set recorded in the weights (default: voc)")
+    p.set_defaults(func=_cmd_convert_torchvision)
 
     p = sub.add_parser("demo", help="generate demo data, train, evaluate and predict")
     p.add_argument("overrides", nargs="*", help="key.sub=value applied to the demo config")

@@ -1,3 +1,11 @@
 """Semantic segmentation models. Importing a family module registers its factories."""
 
-from seglab.models.semantic import fcn, unet  # noqa: F401
+from seglab.models.semantic import (  # noqa: F401
+    deeplabv3,
+    enet,
+    fcn,
+    fcn_resnet,
+    lraspp,
+    segnet,
+    unet,
+)

@@ -1,0 +1,105 @@
+"""Load torchvision's segmentation checkpoints into seglab models, and convert them to seglab weights files.
+
+seglab's ``fcn_resnet*``, ``deeplabv3_*`` and ``lraspp_mobilenet_v3_large`` are built from torchvision's own
+modules with torchvision's attribute names, so a torchvision state dict loads as it is: the only mapping is
+dropping a ``module.`` prefix (checkpoints saved from ``DistributedDataParallel``). Files are read only through
+:func:`seglab.checkpoint.load_state_dict` (safetensors, or ``.pth`` with ``weights_only=True``); a checkpoint of
+torchvision's reference training scripts (``{"model": ..., "optimizer": ...}``) is unwrapped there.
+
+Unless given, ``num_classes`` is read from the classifier's shape and ``aux_loss`` from whether the file holds
+``aux_classifier.*`` weights, so torchvision's published files (21 VOC classes, with the aux head) convert with
+no options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from seglab.checkpoint import load_into, load_state_dict, save_weights
+from seglab.errors import CheckpointError
+from seglab.registry import create_model
+
+__all__ = ["TORCHVISION_MODELS", "convert_torchvision", "load_torchvision"]
+
+# torchvision segmentation model -> the state-dict key of its final classifier weight [num_classes, C, 1, 1].
+TORCHVISION_MODELS = {
+    "fcn_resnet50": "classifier.4.weight",
+    "fcn_resnet101": "classifier.4.weight",
+    "deeplabv3_resnet50": "classifier.4.weight",
+    "deeplabv3_resnet101": "classifier.4.weight",
+    "deeplabv3_mobilenet_v3_large": "classifier.4.weight",
+    "lraspp_mobilenet_v3_large": "classifier.low_classifier.weight",
+}
+
+_STATE_DICT = dict[str, torch.Tensor]
+
+
+def _check_name(name: str) -> None:
+    if name not in TORCHVISION_MODELS:
+        raise CheckpointError(
+            f"{name!r} is not a torchvision segmentation model seglab converts; expected one of "
+            f"{', '.join(TORCHVISION_MODELS)}"
+        )
+
+
+def _read(state_dict_or_path: _STATE_DICT | str | Path) -> tuple[_STATE_DICT, str]:
+    if isinstance(state_dict_or_path, dict):
+        state_dict, source = state_dict_or_path, "torchvision state dict"
+    else:
+        state_dict, source = load_state_dict(state_dict_or_path), str(state_dict_or_path)
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}, source
+
+
+def _resolve_kwargs(name: str, state_dict: _STATE_DICT, source: str, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(model_kwargs)
+    classifier_key = TORCHVISION_MODELS[name]
+    if "num_classes" not in kwargs:
+        if classifier_key not in state_dict:
+            raise CheckpointError(
+                f"{source}: no {classifier_key!r}, so not a torchvision {name} state dict (keys start "
+                f"{', '.join(list(state_dict)[:5])} ...)"
+            )
+        kwargs["num_classes"] = int(state_dict[classifier_key].shape[0])
+    if "aux_loss" not in kwargs and not name.startswith("lraspp"):
+        kwargs["aux_loss"] = any(k.startswith("aux_classifier.") for k in state_dict)
+    return kwargs
+
+
+def _load(name: str, state_dict_or_path: _STATE_DICT | str | Path, model_kwargs: dict[str, Any]):
+    _check_name(name)
+    state_dict, source = _read(state_dict_or_path)
+    kwargs = _resolve_kwargs(name, state_dict, source, model_kwargs)
+    model = create_model(name, **kwargs)
+    load_into(model, state_dict, f"{source} (torchvision {name})")
+    return model, kwargs
+
+
+def load_torchvision(name: str, state_dict_or_path: _STATE_DICT | str | Path, **model_kwargs: Any) -> nn.Module:
+    """Build seglab model ``name`` and load torchvision's state dict (a mapping, or a file) into it, strictly.
+
+    ``model_kwargs`` go to the factory; ``num_classes`` and ``aux_loss`` default to what the state dict holds.
+    Raises :class:`~seglab.errors.CheckpointError` listing missing, unexpected and mismatched keys.
+    """
+    return _load(name, state_dict_or_path, model_kwargs)[0]
+
+
+def convert_torchvision(
+    name: str, src: _STATE_DICT | str | Path, dst: str | Path, *, label_set: str = "voc", **model_kwargs: Any
+) -> Path:
+    """Convert torchvision's checkpoint ``src`` of model ``name`` to the seglab weights file ``dst``.
+
+    ``dst`` is a safetensors file whose metadata (model, num_classes, model_kwargs, label_set) lets
+    ``seglab predict --weights dst`` rebuild the model. Returns ``dst``.
+    """
+    dst = Path(dst)
+    if dst.suffix != ".safetensors":
+        raise CheckpointError(f"{dst}: the converted weights are written as safetensors; name it *.safetensors")
+    model, kwargs = _load(name, src, model_kwargs)
+    num_classes = kwargs.pop("num_classes")
+    kwargs.pop("pretrained_backbone", None)
+    metadata = {"model": name, "num_classes": num_classes, "model_kwargs": kwargs, "label_set": label_set}
+    return save_weights(dst, model.state_dict(), metadata)

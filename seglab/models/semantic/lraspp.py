@@ -1,0 +1,91 @@
+"""LR-ASPP (Lite Reduced ASPP) on MobileNetV3-Large and -Small.
+
+Paper: Howard et al., "Searching for MobileNetV3", ICCV 2019, arXiv 1905.02244 (section 6.3, Figure 10).
+``lraspp_mobilenet_v3_large`` is torchvision's model, so its published weights load unchanged (see
+:mod:`seglab.convert.torchvision`); ``lraspp_mobilenet_v3_small`` is the same wiring on torchvision's
+MobileNetV3-Small (torchvision has no such model, nor published weights for it).
+
+Faithful to the paper and torchvision: the backbone's last stage is dilated (output stride 16); the head
+(torchvision's ``LRASPPHead``) takes the stride-16 features through a 1x1 conv + BN + ReLU to 128 channels,
+gated by a squeeze-excitation-like branch (global average pool, 1x1 conv, sigmoid), upsamples them to the
+stride-8 features, and sums a 1x1 classifier on each; the sum is upsampled bilinearly to the input.
+
+Deviations: torchvision's, not the paper's: the global pooling is a global average (the paper uses a large
+strided average pool) and the last stage keeps its full width (the paper halves it for segmentation,
+``reduced_tail``). The model has no aux head; it returns the logits Tensor in train and eval mode.
+
+Parameters at 21 classes: lraspp_mobilenet_v3_large 3,221,538 (torchvision's ``num_params``);
+lraspp_mobilenet_v3_small 1,077,954 (no reference count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.models import (
+    MobileNet_V3_Large_Weights,
+    MobileNet_V3_Small_Weights,
+    MobileNetV3,
+    WeightsEnum,
+    mobilenet_v3_large,
+    mobilenet_v3_small,
+)
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation.lraspp import LRASPPHead
+
+from seglab.models.backbones import load_backbone_weights
+from seglab.models.semantic.deeplabv3 import mobilenet_v3_stages
+from seglab.registry import register_model
+
+__all__ = ["LRASPP", "LRASPPHead", "lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_small"]
+
+
+class LRASPP(nn.Module):
+    """MobileNetV3 features ("low": stride 8, "high": stride 16) -> ``LRASPPHead`` -> upsampled logits."""
+
+    def __init__(
+        self, backbone: nn.Module, low_channels: int, high_channels: int, num_classes: int, inter_channels: int = 128
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = LRASPPHead(low_channels, high_channels, num_classes, inter_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.classifier(self.backbone(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _lraspp(
+    build: Callable[..., MobileNetV3], weights: type[WeightsEnum], num_classes: int, pretrained_backbone: bool | str
+) -> LRASPP:
+    mobilenet = build(weights=None, dilated=True)
+    load_backbone_weights(mobilenet, pretrained_backbone, torchvision_weights=weights)
+    features = mobilenet.features
+    stages = mobilenet_v3_stages(features)
+    low_pos, high_pos = stages[-4], stages[-1]
+    backbone = IntermediateLayerGetter(features, return_layers={str(low_pos): "low", str(high_pos): "high"})
+    return LRASPP(backbone, features[low_pos].out_channels, features[high_pos].out_channels, num_classes)
+
+
+_PAPER = {
+    "task": "semantic",
+    "paper": "Searching for MobileNetV3",
+    "year": 2019,
+    "input_size": (520, 520),
+    "url": "https://arxiv.org/abs/1905.02244",
+    "paper_kwargs": {"num_classes": 21},
+}
+
+
+@register_model(**_PAPER, paper_params=3_221_538)
+def lraspp_mobilenet_v3_large(*, num_classes: int = 21, pretrained_backbone: bool | str = False) -> LRASPP:
+    """LR-ASPP on the dilated MobileNetV3-Large (torchvision's ``lraspp_mobilenet_v3_large``)."""
+    return _lraspp(mobilenet_v3_large, MobileNet_V3_Large_Weights, num_classes, pretrained_backbone)
+
+
+@register_model(**_PAPER)
+def lraspp_mobilenet_v3_small(*, num_classes: int = 21, pretrained_backbone: bool | str = False) -> LRASPP:
+    """LR-ASPP on the dilated MobileNetV3-Small (the same wiring; not a torchvision model)."""
+    return _lraspp(mobilenet_v3_small, MobileNet_V3_Small_Weights, num_classes, pretrained_backbone)
