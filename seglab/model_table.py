@@ -2,6 +2,9 @@
 
 Parameter counts are computed by building each model at its paper setting on the ``meta`` device
 (no memory, no weights), counted as ``sum(p.numel())``, and set beside the paper's reference count.
+FLOPs come from ``torch.utils.flop_counter`` over one eval-mode forward pass of a 1x3x512x512 input
+(1 channel where the paper setting has ``in_channels=1``), also on the meta device, so the table
+costs no computation. The flop counter counts 2 FLOPs per multiply-add.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class ModelRow:
     params: int
     paper_params: int | None
     url: str
+    gflops: float | None = None
 
 
 def count_at_paper_setting(name: str) -> int:
@@ -32,6 +36,22 @@ def count_at_paper_setting(name: str) -> int:
     with torch.device("meta"):
         model = info.factory(**info.paper_kwargs)
     return count_parameters(model)
+
+
+FLOPS_INPUT = (512, 512)
+
+
+def flops_at_paper_setting(name: str, size: tuple[int, int] = FLOPS_INPUT) -> float:
+    """FLOPs (2 per multiply-add) of one eval-mode forward pass of model ``name`` at its paper setting."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    info = model_info(name)
+    with torch.device("meta"):
+        model = info.factory(**info.paper_kwargs).eval()
+        x = torch.empty(1, info.paper_kwargs.get("in_channels", 3), *size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
 
 
 def model_rows(task: str | None = None) -> list[ModelRow]:
@@ -50,6 +70,7 @@ def model_rows(task: str | None = None) -> list[ModelRow]:
                 params=count_at_paper_setting(name),
                 paper_params=info.paper_params,
                 url=info.url,
+                gflops=flops_at_paper_setting(name) / 1e9 if info.task != "instance" else None,
             )
         )
     return rows
@@ -65,6 +86,10 @@ def _delta(row: ModelRow) -> str:
     return f"{100.0 * (row.params - row.paper_params) / row.paper_params:+.2f}%"
 
 
+def _gflops(row: ModelRow) -> str:
+    return "-" if row.gflops is None else f"{row.gflops:.1f}"
+
+
 def models_markdown() -> str:
     """docs/models.md, generated from the registry (scripts/gen_model_docs.py writes it)."""
     lines = [
@@ -74,16 +99,18 @@ def models_markdown() -> str:
         "(a test fails when this file is stale).",
         "",
         "*params*: `sum(p.numel())` of the factory built with the paper's setting (column *setting*); "
-        "*reference*: the count from the paper's reference code (see shared/reference/models.md).",
+        "*reference*: the count from the paper's reference code (see shared/reference/models.md). "
+        "*GFLOPs@512*: `torch.utils.flop_counter` (2 FLOPs per multiply-add) over one eval-mode forward "
+        "pass of a 1x3x512x512 input at the paper's setting (auxiliary heads do not run in eval mode).",
         "",
-        "| model | task | paper | year | input | setting | params | reference | diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | task | paper | year | input | setting | params | reference | diff | GFLOPs@512 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in model_rows():
         paper = f"[{r.paper}]({r.url})" if r.url else r.paper
         lines.append(
             f"| `{r.name}` | {r.task} | {paper} | {r.year} | {r.input_size[0]}x{r.input_size[1]} | "
-            f"{r.setting} | {_fmt(r.params)} | {_fmt(r.paper_params)} | {_delta(r)} |"
+            f"{r.setting} | {_fmt(r.params)} | {_fmt(r.paper_params)} | {_delta(r)} | {_gflops(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -93,11 +120,12 @@ def models_rich_table(task: str | None = None):
     from rich.table import Table
 
     table = Table(title="seglab models")
-    for col in ("model", "task", "paper", "year", "input", "setting", "params", "reference", "diff"):
-        table.add_column(col, justify="right" if col in ("params", "reference", "diff", "year") else "left")
+    numeric = ("params", "reference", "diff", "year", "GFLOPs@512")
+    for col in ("model", "task", "paper", "year", "input", "setting", *numeric[:3], numeric[4]):
+        table.add_column(col, justify="right" if col in numeric else "left")
     for r in model_rows(task):
         table.add_row(
             r.name, r.task, r.paper, str(r.year), f"{r.input_size[0]}x{r.input_size[1]}", r.setting,
-            _fmt(r.params), _fmt(r.paper_params), _delta(r),
+            _fmt(r.params), _fmt(r.paper_params), _delta(r), _gflops(r),
         )
     return table

@@ -45,3 +45,12 @@ def test_paper_setting_parameter_counts_are_exact(name):
 def test_docs_models_md_is_current():
     text = (ROOT / "docs" / "models.md").read_text()
     assert text == models_markdown(), "docs/models.md is stale: run `python scripts/gen_model_docs.py`"
+
+
+def test_flops_match_torchvision_published_figure():
+    # torchvision publishes lraspp_mobilenet_v3_large at 2.086 GFLOPS (= GMACs) for a 520x520 input;
+    # the flop counter counts 2 FLOPs per multiply-add. LR-ASPP has no auxiliary head, so eval = meta.
+    from seglab.model_table import flops_at_paper_setting
+
+    gmacs = flops_at_paper_setting("lraspp_mobilenet_v3_large", (520, 520)) / 2e9
+    assert gmacs == pytest.approx(2.086, abs=0.001)
