@@ -1,0 +1,379 @@
+"""BiSeNet v1 (ResNet-18) and BiSeNet v2, laid out as CoinCheung/BiSeNet.
+
+Papers: Yu et al., "BiSeNet: Bilateral Segmentation Network for Real-time Semantic Segmentation", ECCV 2018,
+arXiv 1808.00897; Yu et al., "BiSeNet V2: Bilateral Network with Guided Aggregation for Real-time Semantic
+Segmentation", IJCV 2021, arXiv 2004.02147. The layouts (and so the parameter counts) are those of
+CoinCheung/BiSeNet (``bisenetv1.py``, ``bisenetv2.py``), the reference implementation of the counts.
+
+BiSeNet v1: a spatial path (7x7 and two 3x3 stride-2 convs at 64 channels, 1x1 to 128: stride 8) beside a
+context path on torchvision's ResNet-18 (``layer3``: stride 16, ``layer4``: stride 32). Each context feature
+passes an Attention Refinement Module (3x3 conv to 128, channel attention from its global average); the
+stride-32 one is summed with the global-average context (1x1 conv of the pooled ``layer4``), upsampled and
+refined by a 3x3 conv, summed with the stride-16 one, upsampled and refined again (stride 8). The Feature
+Fusion Module concatenates both paths, 1x1 conv to 256, and adds a channel-attention-weighted copy. The output
+head is 3x3 conv 256 + 1x1 classifier, upsampled 8x. In training, two auxiliary heads (3x3 conv 64 + 1x1)
+read the context path's stride-8 and stride-16 outputs. Deviation: the paper's small model is Xception39;
+this is CoinCheung's ResNet-18 variant (the paper also reports a ResNet-18 model), built on torchvision's
+ResNet-18 so its ImageNet weights load unchanged (``pretrained_backbone``).
+
+BiSeNet v2: a detail branch (64-64 at stride 2, 64-64-64 at 4, 128-128-128 at 8), a semantic branch (stem
+block to 16 channels at stride 4; gather-and-expansion layers, expansion 6, to 32 at stride 8, 64 at 16,
+128 at 32; context embedding block), the bilateral guided aggregation layer, and a seg head (3x3 conv to 1024
+channels, dropout 0.1, 1x1 classifier, upsampled 8x). In training, four booster heads read the stem and the
+ends of GE stages 3, 4 and 5 (before the context embedding). As CoinCheung, and unlike the paper's figures:
+ReLUs after some depthwise convs and after the aggregation conv, and a ConvBNReLU (not a plain conv) as the
+last conv of the context embedding block; booster heads upsample 2x before a second 3x3 conv.
+
+Both models pad the input to a multiple of 32 (zeros, right and bottom) and crop the logits back, so any
+``H, W`` works. Eval mode returns the logits Tensor ``[B, K, H, W]``; train mode returns
+``{"out": logits, "aux": [aux logits, ...]}``, all at the input size. The aux/booster heads (``aux_heads``)
+are built in every mode, so they are counted by ``sum(p.numel())``.
+
+Parameters at 19 classes (``sum(p.numel())``), equal to CoinCheung's:
+bisenetv1_resnet18 13,425,721 with the two aux heads, 13,275,539 without (eval);
+bisenetv2 5,231,487 with the four boosters, 3,358,627 without (eval).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models._utils import IntermediateLayerGetter
+
+from seglab.models.backbones import load_backbone_weights
+from seglab.models.layers import ConvBNAct
+from seglab.registry import register_model
+
+__all__ = [
+    "AttentionRefinementModule",
+    "BiSeNetV1",
+    "BiSeNetV2",
+    "BilateralGuidedAggregation",
+    "ContextEmbedding",
+    "FeatureFusionModule",
+    "GatherExpansion",
+    "StemBlock",
+    "bisenetv1_resnet18",
+    "bisenetv2",
+]
+
+
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    """Conv (no bias) + BN (+ ReLU), for the strided, depthwise or activation-free convs ConvBNAct lacks."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_channels),
+    ]
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _pad_to(x: Tensor, multiple: int) -> Tensor:
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple))
+
+
+def _upsample(x: Tensor, size: torch.Size | tuple[int, int], mode: str = "bilinear") -> Tensor:
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def _channel_attention(feat: Tensor, conv: nn.Module, bn: nn.Module) -> Tensor:
+    return torch.sigmoid(bn(conv(feat.mean(dim=(2, 3), keepdim=True))))
+
+
+class _Outputs:
+    """Shared tail of both models: upsample to the padded size, crop to the input, pick the return form."""
+
+    training: bool
+
+    def _finish(self, logits: Tensor, aux: list[Tensor], padded: torch.Size, size: torch.Size) -> Tensor | dict:
+        h, w = size
+
+        def full(t: Tensor) -> Tensor:
+            if t.shape[-2:] != padded:
+                t = _upsample(t, padded)
+            return t[..., :h, :w]
+
+        if not self.training:
+            return full(logits)
+        return {"out": full(logits), "aux": [full(a) for a in aux]}
+
+
+# ---------------------------------------------------------------- BiSeNet v1
+
+
+class AttentionRefinementModule(nn.Module):
+    """3x3 conv, then channel attention from the global average (1x1 conv + BN + sigmoid) multiplies it."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = ConvBNAct(in_channels, out_channels, 3, padding=1)
+        self.conv_atten = nn.Conv2d(out_channels, out_channels, 1, bias=False)
+        self.bn_atten = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feat = self.conv(x)
+        return feat * _channel_attention(feat, self.conv_atten, self.bn_atten)
+
+
+class FeatureFusionModule(nn.Module):
+    """Concatenate spatial and context features, 1x1 conv, and add the channel-attention-weighted copy."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.fuse = ConvBNAct(in_channels, out_channels, 1, padding=0)
+        self.conv_atten = nn.Conv2d(out_channels, out_channels, 1, bias=False)
+        self.bn_atten = nn.BatchNorm2d(out_channels)
+
+    def forward(self, spatial: Tensor, context: Tensor) -> Tensor:
+        feat = self.fuse(torch.cat([spatial, context], dim=1))
+        return feat + feat * _channel_attention(feat, self.conv_atten, self.bn_atten)
+
+
+class ContextPath(nn.Module):
+    """ResNet-18 stride-16/32 features -> ARMs + global context -> stride-8 and stride-16 outputs (128 ch)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.arm16 = AttentionRefinementModule(256, 128)
+        self.arm32 = AttentionRefinementModule(512, 128)
+        self.conv_head32 = ConvBNAct(128, 128, 3, padding=1)
+        self.conv_head16 = ConvBNAct(128, 128, 3, padding=1)
+        self.conv_avg = ConvBNAct(512, 128, 1, padding=0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        feats = self.backbone(x)
+        feat16, feat32 = feats["c4"], feats["c5"]
+        global_context = self.conv_avg(feat32.mean(dim=(2, 3), keepdim=True))
+        up32 = _upsample(self.arm32(feat32) + global_context, feat16.shape[-2:], "nearest")
+        up32 = self.conv_head32(up32)
+        stride8 = (feat16.shape[-2] * 2, feat16.shape[-1] * 2)
+        up16 = self.conv_head16(_upsample(self.arm16(feat16) + up32, stride8, "nearest"))
+        return up16, up32
+
+
+class OutputHead(nn.Sequential):
+    """3x3 ConvBNReLU to ``mid_channels`` + 1x1 classifier (the caller upsamples)."""
+
+    def __init__(self, in_channels: int, mid_channels: int, num_classes: int) -> None:
+        super().__init__(ConvBNAct(in_channels, mid_channels, 3, padding=1), nn.Conv2d(mid_channels, num_classes, 1))
+
+
+class BiSeNetV1(_Outputs, nn.Module):
+    """Spatial path + context path -> Feature Fusion Module -> output head; two aux heads in training."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.spatial_path = nn.Sequential(
+            _conv_bn(3, 64, 7, stride=2),
+            _conv_bn(64, 64, 3, stride=2),
+            _conv_bn(64, 64, 3, stride=2),
+            ConvBNAct(64, 128, 1, padding=0),
+        )
+        self.context_path = ContextPath(backbone)
+        self.ffm = FeatureFusionModule(256, 256)
+        self.head = OutputHead(256, 256, num_classes)
+        self.aux_heads = nn.ModuleList([OutputHead(128, 64, num_classes), OutputHead(128, 64, num_classes)])
+
+    def forward(self, x: Tensor) -> Tensor | dict:
+        size = x.shape[-2:]
+        x = _pad_to(x, 32)
+        context8, context16 = self.context_path(x)
+        logits = self.head(self.ffm(self.spatial_path(x), context8))
+        aux = [self.aux_heads[0](context8), self.aux_heads[1](context16)] if self.training else []
+        return self._finish(logits, aux, x.shape[-2:], size)
+
+
+# ---------------------------------------------------------------- BiSeNet v2
+
+
+class StemBlock(nn.Module):
+    """3x3/2 conv to 16; a 1x1-then-3x3/2 branch beside a 3x3/2 max pool; concatenated, 3x3 conv to 16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = _conv_bn(3, 16, 3, stride=2)
+        self.left = nn.Sequential(ConvBNAct(16, 8, 1, padding=0), _conv_bn(8, 16, 3, stride=2))
+        self.right = nn.MaxPool2d(3, stride=2, padding=1)
+        self.fuse = ConvBNAct(32, 16, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feat = self.conv(x)
+        return self.fuse(torch.cat([self.left(feat), self.right(feat)], dim=1))
+
+
+class GatherExpansion(nn.Module):
+    """Gather-and-expansion layer: 3x3 conv, depthwise expansion (x6), 1x1 projection, residual, ReLU.
+
+    With ``stride=2`` the expansion is a depthwise 3x3/2 followed by a depthwise 3x3, and the shortcut is a
+    depthwise 3x3/2 + 1x1 projection.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, expansion: int = 6) -> None:
+        super().__init__()
+        mid = in_channels * expansion
+        self.conv1 = ConvBNAct(in_channels, in_channels, 3, padding=1)
+        if stride == 1:
+            self.dwconv = _conv_bn(in_channels, mid, 3, groups=in_channels)
+            self.shortcut: nn.Module = nn.Identity()
+        else:
+            self.dwconv = nn.Sequential(
+                _conv_bn(in_channels, mid, 3, stride=2, groups=in_channels, act=False),
+                _conv_bn(mid, mid, 3, groups=mid),
+            )
+            self.shortcut = nn.Sequential(
+                _conv_bn(in_channels, in_channels, 3, stride=2, groups=in_channels, act=False),
+                _conv_bn(in_channels, out_channels, 1, act=False),
+            )
+        self.conv2 = _conv_bn(mid, out_channels, 1, act=False)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.conv2(self.dwconv(self.conv1(x))) + self.shortcut(x))
+
+
+class ContextEmbedding(nn.Module):
+    """Global average + BN, 1x1 ConvBNReLU, added to the input, then a 3x3 ConvBNReLU."""
+
+    def __init__(self, channels: int = 128) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.conv_gap = ConvBNAct(channels, channels, 1, padding=0)
+        self.conv_last = ConvBNAct(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv_last(x + self.conv_gap(self.bn(x.mean(dim=(2, 3), keepdim=True))))
+
+
+class SemanticBranch(nn.Module):
+    """Stem (stride 4, 16 ch) -> GE stages 3 (32 ch, /8), 4 (64, /16), 5 (128, /32) -> context embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = StemBlock()
+        self.stage3 = nn.Sequential(GatherExpansion(16, 32, stride=2), GatherExpansion(32, 32))
+        self.stage4 = nn.Sequential(GatherExpansion(32, 64, stride=2), GatherExpansion(64, 64))
+        self.stage5 = nn.Sequential(GatherExpansion(64, 128, stride=2), *(GatherExpansion(128, 128) for _ in range(3)))
+        self.context_embedding = ContextEmbedding(128)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        stem = self.stem(x)
+        s3 = self.stage3(stem)
+        s4 = self.stage4(s3)
+        s5 = self.stage5(s4)
+        return [stem, s3, s4, s5, self.context_embedding(s5)]
+
+
+class BilateralGuidedAggregation(nn.Module):
+    """Detail (stride 8) and semantic (stride 32) features gate each other with sigmoids; summed, 3x3 conv."""
+
+    def __init__(self, channels: int = 128) -> None:
+        super().__init__()
+        c = channels
+        self.detail_keep = nn.Sequential(_conv_bn(c, c, 3, groups=c, act=False), nn.Conv2d(c, c, 1, bias=False))
+        self.detail_down = nn.Sequential(_conv_bn(c, c, 3, stride=2, act=False), nn.AvgPool2d(3, 2, padding=1))
+        self.semantic_up = _conv_bn(c, c, 3, act=False)
+        self.semantic_keep = nn.Sequential(_conv_bn(c, c, 3, groups=c, act=False), nn.Conv2d(c, c, 1, bias=False))
+        self.conv = _conv_bn(c, c, 3)
+
+    def forward(self, detail: Tensor, semantic: Tensor) -> Tensor:
+        size = detail.shape[-2:]
+        semantic_up = _upsample(self.semantic_up(semantic), size, "nearest")
+        left = self.detail_keep(detail) * torch.sigmoid(semantic_up)
+        right = _upsample(self.detail_down(detail) * torch.sigmoid(self.semantic_keep(semantic)), size, "nearest")
+        return self.conv(left + right)
+
+
+class SegHead(nn.Module):
+    """3x3 ConvBNReLU, dropout 0.1, 1x1 classifier; a booster adds a 2x upsample + 3x3 conv to ``up**2`` ch."""
+
+    def __init__(self, in_channels: int, mid_channels: int, num_classes: int, *, booster_up: int = 0) -> None:
+        super().__init__()
+        self.conv = ConvBNAct(in_channels, mid_channels, 3, padding=1)
+        self.drop = nn.Dropout(0.1)
+        self.booster_conv = ConvBNAct(mid_channels, booster_up**2, 3, padding=1) if booster_up else None
+        self.classifier = nn.Conv2d(booster_up**2 if booster_up else mid_channels, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feat = self.drop(self.conv(x))
+        if self.booster_conv is not None:
+            size = (feat.shape[-2] * 2, feat.shape[-1] * 2)
+            feat = self.booster_conv(_upsample(feat, size, "nearest"))
+        return self.classifier(feat)
+
+
+class BiSeNetV2(_Outputs, nn.Module):
+    """Detail branch + semantic branch -> guided aggregation -> seg head; four boosters in training."""
+
+    def __init__(self, num_classes: int, head_channels: int = 1024) -> None:
+        super().__init__()
+        self.detail_branch = nn.Sequential(
+            _conv_bn(3, 64, 3, stride=2),
+            ConvBNAct(64, 64, 3, padding=1),
+            _conv_bn(64, 64, 3, stride=2),
+            ConvBNAct(64, 64, 3, padding=1),
+            ConvBNAct(64, 64, 3, padding=1),
+            _conv_bn(64, 128, 3, stride=2),
+            ConvBNAct(128, 128, 3, padding=1),
+            ConvBNAct(128, 128, 3, padding=1),
+        )
+        self.semantic_branch = SemanticBranch()
+        self.aggregation = BilateralGuidedAggregation(128)
+        self.head = SegHead(128, head_channels, num_classes)
+        self.aux_heads = nn.ModuleList(
+            [
+                SegHead(16, 128, num_classes, booster_up=4),
+                SegHead(32, 128, num_classes, booster_up=8),
+                SegHead(64, 128, num_classes, booster_up=16),
+                SegHead(128, 128, num_classes, booster_up=32),
+            ]
+        )
+
+    def forward(self, x: Tensor) -> Tensor | dict:
+        size = x.shape[-2:]
+        x = _pad_to(x, 32)
+        *stages, semantic = self.semantic_branch(x)
+        logits = self.head(self.aggregation(self.detail_branch(x), semantic))
+        aux = [head(feat) for head, feat in zip(self.aux_heads, stages, strict=True)] if self.training else []
+        return self._finish(logits, aux, x.shape[-2:], size)
+
+
+# ---------------------------------------------------------------- factories
+
+
+_COMMON = {"task": "semantic", "input_size": (1024, 2048), "paper_kwargs": {"num_classes": 19}}
+
+
+@register_model(
+    **_COMMON,
+    paper="BiSeNet: Bilateral Segmentation Network for Real-time Semantic Segmentation",
+    year=2018,
+    url="https://arxiv.org/abs/1808.00897",
+    paper_params=13_425_721,
+)
+def bisenetv1_resnet18(*, num_classes: int = 19, pretrained_backbone: bool | str = False) -> BiSeNetV1:
+    """BiSeNet v1 with a ResNet-18 context path (CoinCheung's layout; 13,275,539 params without aux at 19)."""
+    resnet = resnet18(weights=None)
+    load_backbone_weights(resnet, pretrained_backbone, torchvision_weights=ResNet18_Weights)
+    backbone = IntermediateLayerGetter(resnet, return_layers={"layer3": "c4", "layer4": "c5"})
+    return BiSeNetV1(backbone, num_classes)
+
+
+@register_model(
+    **_COMMON,
+    paper="BiSeNet V2: Bilateral Network with Guided Aggregation for Real-time Semantic Segmentation",
+    year=2021,
+    url="https://arxiv.org/abs/2004.02147",
+    paper_params=5_231_487,
+)
+def bisenetv2(*, num_classes: int = 19) -> BiSeNetV2:
+    """BiSeNet v2 (CoinCheung's layout, head width 1024; 3,358,627 params without boosters at 19)."""
+    return BiSeNetV2(num_classes)
