@@ -1,0 +1,253 @@
+"""UperNet on a Swin Transformer (Swin-T / S / B), as the Swin segmentation repository configures it.
+
+Papers: Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo, "Swin Transformer: Hierarchical Vision Transformer using Shifted
+Windows", ICCV 2021, arXiv 2103.14030; Xiao, Liu, Zhou, Jiang, Sun, "Unified Perceptual Parsing for Scene
+Understanding", ECCV 2018, arXiv 1807.10221. Setting: mmseg's ``configs/_base_/models/upernet_swin.py`` as used by
+SwinTransformer/Swin-Transformer-Semantic-Segmentation (ADE20K, 150 classes, 512x512 crops).
+
+Faithful: the backbone is torchvision's ``swin_t`` / ``swin_s`` / ``swin_b`` (patch 4, window 7; embed 96/96/128,
+depths 2-2-6-2 / 2-2-18-2 / 2-2-18-2), its ``features`` split after each of the 4 stages (strides 4, 8, 16, 32),
+each stage output passed through its own LayerNorm (the segmentation repo's ``out_indices`` norms) and permuted
+from NHWC to NCHW; torchvision's final ``norm`` and classifier ``head`` are dropped. Stochastic depth 0.3 (the
+configs' ``drop_path_rate``), increasing linearly over the blocks as in both implementations. The UperHead
+(:class:`UperHead`): a PPM (pool scales 1, 2, 3, 6; 1x1 conv 512 + BN + ReLU each, upsampled and concatenated
+with the last stage, then a 3x3 conv 512) on stage 4; 1x1 lateral convs (512) on stages 1-3; a top-down pathway
+adding the upsampled coarser level; 3x3 FPN convs (512) on levels 1-3; the 4 levels upsampled to stride 4 and
+concatenated (4 x 512 channels), a 3x3 conv 512 bottleneck, dropout 0.1 and a 1x1 classifier. All convs of the
+head are conv + BN + ReLU without conv bias (mmseg's ``ConvModule``). The auxiliary FCN head
+(:class:`AuxFCNHead`) on stage 3: one 3x3 conv 256 + BN + ReLU, dropout 0.1, 1x1 classifier (mmseg's ``FCNHead``
+with ``num_convs=1, channels=256, concat_input=False``); its loss weight in the paper's setting is 0.4 (the
+training configuration's business, not the model's).
+
+Deviations: the input is zero-padded (right, bottom) to a multiple of 32 inside ``forward`` and the logits are
+cropped back, so any H, W works (mmseg pads in its data pipeline instead). The output contract is seglab's
+(eval: logits ``[B, K, H, W]`` at the input size; train: ``{"out": logits, "aux": [aux_logits]}`` when
+``aux_loss``). The Swin blocks are torchvision's: its state dicts load (``pretrained_backbone``), not the Swin
+repo's (different key names; same tensors).
+
+Parameters at 150 classes with the aux head (``sum(p.numel())``): upernet_swin_t 59,941,862, upernet_swin_s
+81,259,766, upernet_swin_b 121,279,716, equal to the reference counts: torchvision's Swin without its final norm
+and head, plus the 4 output norms, has exactly the parameters of mmseg's Swin (the relative-position-bias tables
+are ``(2*7-1)^2 x heads`` in both; only their key layout differs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import Swin_B_Weights, Swin_S_Weights, Swin_T_Weights, SwinTransformer, WeightsEnum
+
+from seglab.models.backbones import load_backbone_weights
+from seglab.models.layers import ConvBNAct
+from seglab.registry import register_model
+
+__all__ = [
+    "AuxFCNHead",
+    "PyramidPoolingModule",
+    "SwinFeatures",
+    "UperHead",
+    "UperNet",
+    "upernet_swin_b",
+    "upernet_swin_s",
+    "upernet_swin_t",
+]
+
+# torchvision's swin_t / swin_s / swin_b: (embed_dim, depths, num_heads, weights); patch 4, window 7 for all.
+_SWINS: dict[str, tuple[int, list[int], list[int], type[WeightsEnum]]] = {
+    "t": (96, [2, 2, 6, 2], [3, 6, 12, 24], Swin_T_Weights),
+    "s": (96, [2, 2, 18, 2], [3, 6, 12, 24], Swin_S_Weights),
+    "b": (128, [2, 2, 18, 2], [4, 8, 16, 32], Swin_B_Weights),
+}
+
+
+def _resize(x: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class SwinFeatures(nn.Module):
+    """The 4 stage outputs of a torchvision Swin ``features``, each layer-normed and permuted to NCHW.
+
+    ``features`` is torchvision's Sequential (patch embedding, stage 1, merging, stage 2, ..., stage 4), kept
+    whole so torchvision's keys hold; the outputs are taken after the blocks at ``stage_ends`` (1, 3, 5, 7).
+    """
+
+    def __init__(self, features: nn.Sequential, channels: list[int]) -> None:
+        super().__init__()
+        self.features = features
+        self.stage_ends = (1, 3, 5, 7)
+        self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in channels)
+        self.out_channels = list(channels)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outs = []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in self.stage_ends:
+                norm = self.out_norms[len(outs)]
+                outs.append(norm(x).permute(0, 3, 1, 2).contiguous())
+        return outs
+
+
+class PyramidPoolingModule(nn.ModuleList):
+    """PSPNet's pyramid pooling: per scale, adaptive average pooling to ``s x s`` and a 1x1 conv + BN + ReLU.
+
+    Returns the branches' outputs upsampled to the input size (the caller concatenates them with the input).
+    """
+
+    def __init__(self, in_channels: int, channels: int, pool_scales: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__(
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNAct(in_channels, channels, 1, padding=0))
+            for s in pool_scales
+        )
+        self.pool_scales = tuple(pool_scales)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [_resize(branch(x), x.shape[-2:]) for branch in self]
+
+
+class UperHead(nn.Module):
+    """UperNet's decoder: PPM on the last level, an FPN over all levels, the levels fused by concatenation."""
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        num_classes: int,
+        *,
+        channels: int = 512,
+        pool_scales: tuple[int, ...] = (1, 2, 3, 6),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.ppm = PyramidPoolingModule(in_channels[-1], channels, pool_scales)
+        self.ppm_bottleneck = ConvBNAct(in_channels[-1] + len(pool_scales) * channels, channels, 3)
+        self.lateral_convs = nn.ModuleList(ConvBNAct(c, channels, 1, padding=0) for c in in_channels[:-1])
+        self.fpn_convs = nn.ModuleList(ConvBNAct(channels, channels, 3) for _ in in_channels[:-1])
+        self.fpn_bottleneck = ConvBNAct(len(in_channels) * channels, channels, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        top = features[-1]
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, features[:-1], strict=True)]
+        laterals.append(self.ppm_bottleneck(torch.cat([top, *self.ppm(top)], dim=1)))
+        for i in range(len(laterals) - 1, 0, -1):  # top-down: add the upsampled coarser level
+            laterals[i - 1] = laterals[i - 1] + _resize(laterals[i], laterals[i - 1].shape[-2:])
+        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals[:-1], strict=True)] + [laterals[-1]]
+        size = outs[0].shape[-2:]
+        fused = self.fpn_bottleneck(torch.cat([outs[0]] + [_resize(o, size) for o in outs[1:]], dim=1))
+        return self.classifier(self.dropout(fused))
+
+
+class AuxFCNHead(nn.Sequential):
+    """mmseg's ``FCNHead(num_convs=1, channels=256)``: 3x3 conv + BN + ReLU, dropout 0.1, 1x1 classifier."""
+
+    def __init__(self, in_channels: int, num_classes: int, *, channels: int = 256, dropout: float = 0.1) -> None:
+        super().__init__(
+            ConvBNAct(in_channels, channels, 3), nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1)
+        )
+
+
+class UperNet(nn.Module):
+    """Backbone (4 levels) -> :class:`UperHead` (and the aux head on level 3 while training), at input size.
+
+    The input is zero-padded to a multiple of ``size_divisor`` (32, Swin's total stride) and the logits, upsampled
+    to the padded size, are cropped back to the input.
+    """
+
+    def __init__(
+        self,
+        backbone: SwinFeatures,
+        decode_head: UperHead,
+        aux_head: nn.Module | None = None,
+        *,
+        size_divisor: int = 32,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = decode_head
+        self.aux_head = aux_head
+        self.size_divisor = size_divisor
+
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor | list[Tensor]]:
+        h, w = x.shape[-2:]
+        d = self.size_divisor
+        x = F.pad(x, (0, (-w) % d, 0, (-h) % d))
+        padded = x.shape[-2:]
+        features = self.backbone(x)
+        out = _resize(self.decode_head(features), padded)[..., :h, :w]
+        if not self.training or self.aux_head is None:
+            return out
+        aux = _resize(self.aux_head(features[2]), padded)[..., :h, :w]
+        return {"out": out, "aux": [aux]}
+
+
+def _upernet_swin(
+    variant: str, *, num_classes: int, aux_loss: bool, pretrained_backbone: bool | str, drop_path_rate: float
+) -> UperNet:
+    embed, depths, num_heads, weights = _SWINS[variant]
+    swin = SwinTransformer(
+        patch_size=[4, 4], embed_dim=embed, depths=depths, num_heads=num_heads, window_size=[7, 7],
+        stochastic_depth_prob=drop_path_rate,
+    )
+    load_backbone_weights(swin, pretrained_backbone, torchvision_weights=weights)
+    channels = [embed * 2**i for i in range(4)]
+    backbone = SwinFeatures(swin.features, channels)
+    decode_head = UperHead(channels, num_classes)
+    aux_head = AuxFCNHead(channels[2], num_classes) if aux_loss else None
+    return UperNet(backbone, decode_head, aux_head)
+
+
+_PAPER = {
+    "task": "semantic",
+    "paper": "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows",
+    "year": 2021,
+    "input_size": (512, 512),
+    "url": "https://arxiv.org/abs/2103.14030",
+    "paper_kwargs": {"num_classes": 150},
+}
+
+
+@register_model(**_PAPER, paper_params=59_941_862)
+def upernet_swin_t(
+    *,
+    num_classes: int = 150,
+    aux_loss: bool = True,
+    pretrained_backbone: bool | str = False,
+    drop_path_rate: float = 0.3,
+) -> UperNet:
+    """UperNet on Swin-T (embed 96, depths 2-2-6-2); aux FCN head on stage 3 (loss weight 0.4 in the paper)."""
+    return _upernet_swin(
+        "t", num_classes=num_classes, aux_loss=aux_loss, pretrained_backbone=pretrained_backbone,
+        drop_path_rate=drop_path_rate,
+    )
+
+
+@register_model(**_PAPER, paper_params=81_259_766)
+def upernet_swin_s(
+    *,
+    num_classes: int = 150,
+    aux_loss: bool = True,
+    pretrained_backbone: bool | str = False,
+    drop_path_rate: float = 0.3,
+) -> UperNet:
+    """UperNet on Swin-S (embed 96, depths 2-2-18-2); aux FCN head on stage 3 (loss weight 0.4 in the paper)."""
+    return _upernet_swin(
+        "s", num_classes=num_classes, aux_loss=aux_loss, pretrained_backbone=pretrained_backbone,
+        drop_path_rate=drop_path_rate,
+    )
+
+
+@register_model(**_PAPER, paper_params=121_279_716)
+def upernet_swin_b(
+    *,
+    num_classes: int = 150,
+    aux_loss: bool = True,
+    pretrained_backbone: bool | str = False,
+    drop_path_rate: float = 0.3,
+) -> UperNet:
+    """UperNet on Swin-B (embed 128, depths 2-2-18-2); aux FCN head on stage 3 (loss weight 0.4 in the paper)."""
+    return _upernet_swin(
+        "b", num_classes=num_classes, aux_loss=aux_loss, pretrained_backbone=pretrained_backbone,
+        drop_path_rate=drop_path_rate,
+    )
