@@ -19,6 +19,10 @@ output contract is seglab's (eval: the logits Tensor; train: ``{"out", "aux": [.
 
 Parameters at 21 classes with the aux head: deeplabv3_resnet50 42,004,074, deeplabv3_resnet101 60,996,202,
 deeplabv3_mobilenet_v3_large 11,029,328 (torchvision's ``num_params``).
+
+``deeplabv3_vgg16`` is a documented design choice, not the paper's: no official DeepLabv3-VGG16 exists, so the
+same ASPP head (rates 12/24/36, no aux head) sits on DeepLab v1/v2's VGG16 (pool4/pool5 3x3 stride 1 pad 1,
+conv5 dilated 2: output stride 8). 19,442,261 parameters at 21 classes (VGG16 conv 14,714,688 + head).
 """
 
 from __future__ import annotations
@@ -30,10 +34,19 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
 from seglab.models.backbones import load_backbone_weights
+from seglab.models.backbones.vgg import VGG16_STAGE_ENDS, vgg16
 from seglab.models.semantic.fcn_resnet import SimpleSegmentationModel, dilated_resnet
 from seglab.registry import register_model
 
-__all__ = ["ASPP", "DeepLabHead", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101"]
+__all__ = [
+    "ASPP",
+    "DeepLabHead",
+    "deeplabv3_mobilenet_v3_large",
+    "deeplabv3_resnet50",
+    "deeplabv3_resnet101",
+    "deeplabv3_vgg16",
+    "dilated_vgg16_features",
+]
 
 # Atrous rates of the three 3x3 ASPP branches at each output stride (the paper doubles them at stride 8).
 ATROUS_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
@@ -121,3 +134,32 @@ def deeplabv3_mobilenet_v3_large(
     classifier = DeepLabHead(features[out_pos].out_channels, num_classes)
     aux_classifier = FCNHead(features[aux_pos].out_channels, num_classes) if aux_loss else None
     return SimpleSegmentationModel(backbone, classifier, aux_classifier)
+
+
+def dilated_vgg16_features(*, pretrained_backbone: bool | str = False) -> IntermediateLayerGetter:
+    """torchvision's VGG16 ``features`` at output stride 8, as DeepLab-LargeFOV (v1/v2) sets them.
+
+    pool4 and pool5 become 3x3 max-pools with stride 1 and padding 1, and conv5_1..conv5_3 are dilated 2
+    (padding 2), so pool5 ("out", 512 channels) is at 1/8 of the input. The weights are torchvision's
+    (``pretrained_backbone`` loads a torchvision VGG16 state dict; its classifier is dropped).
+    """
+    features = vgg16(pretrained=pretrained_backbone).features
+    for index in (VGG16_STAGE_ENDS["pool4"] - 1, VGG16_STAGE_ENDS["pool5"] - 1):
+        features[index] = nn.MaxPool2d(3, stride=1, padding=1)
+    for layer in features[VGG16_STAGE_ENDS["pool4"] : VGG16_STAGE_ENDS["pool5"]]:
+        if isinstance(layer, nn.Conv2d):
+            layer.dilation, layer.padding = (2, 2), (2, 2)
+    return IntermediateLayerGetter(features, return_layers={str(VGG16_STAGE_ENDS["pool5"] - 1): "out"})
+
+
+@register_model(**{**_PAPER, "input_size": (513, 513)})
+def deeplabv3_vgg16(*, num_classes: int = 21, pretrained_backbone: bool | str = False) -> SimpleSegmentationModel:
+    """DeepLabv3's ASPP head on a dilated VGG16 (output stride 8): a seglab design choice, not the paper's net.
+
+    The paper uses ResNet; no official DeepLabv3-VGG16 exists. The backbone here is DeepLab v1/v2's VGG16
+    (pool4/pool5 stride 1, conv5 dilated 2; :func:`dilated_vgg16_features`), the head torchvision's
+    ``DeepLabHead(512)`` with the output-stride-8 rates 12/24/36, no aux head. 19,442,261 parameters at 21
+    classes (VGG16 conv layers 14,714,688 + head 4,727,573).
+    """
+    backbone = dilated_vgg16_features(pretrained_backbone=pretrained_backbone)
+    return SimpleSegmentationModel(backbone, DeepLabHead(512, num_classes, atrous_rates=ATROUS_RATES[8]))

@@ -1,0 +1,136 @@
+"""Semantic FPN: the semantic segmentation branch of Panoptic FPN on a ResNet-50/101 feature pyramid.
+
+Paper: Kirillov, Girshick, He, Dollár, "Panoptic Feature Pyramid Networks", CVPR 2019, arXiv 1901.02446.
+The backbone is torchvision's ResNet (``weights=None``, so torchvision's ImageNet state dict loads unchanged),
+its layer1..layer4 outputs (C2..C5, strides 4..32) taken by ``IntermediateLayerGetter``; the pyramid is
+torchvision's ``FeaturePyramidNetwork`` (Lin et al., CVPR 2017: lateral 1x1 convs to 256 channels, nearest 2x
+top-down path added element-wise, 3x3 output convs), giving P2..P5.
+
+Faithful to the paper's semantic branch: each level is brought to 1/4 scale by repeated stages of 3x3 conv to
+128 channels, GroupNorm (32 groups), ReLU and 2x bilinear upsampling (P5: 3 stages, P4: 2, P3: 1; P2: a single
+conv stage without upsampling); the four 128-channel maps are **summed** element-wise, a 1x1 conv
+(``predictor``) maps them to the classes, and the logits are upsampled 4x bilinearly.
+
+Deviations: no P6 and no extra panoptic "other" class (semantic use only); no dropout. Inputs whose sides are
+not multiples of 32 are zero-padded on the right and bottom inside ``forward`` (so every level is exactly twice
+the next) and the logits are cropped back to the input size. mmsegmentation's ``fpn_r50`` reference differs in
+its backbone (ResNetV1c, deep stem) and head norm (BN, dropout 0.1): 28,497,907 parameters at 19 classes; it is
+not this model, so no reference count is registered.
+
+Parameters at 19 classes (``sum(p.numel())``): semantic_fpn_resnet50 28,478,675 (ResNet-50 without its fc
+23,508,032; FPN 3,344,384; semantic branch 1,626,259), semantic_fpn_resnet101 47,470,803.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FeaturePyramidNetwork
+
+from seglab.models.backbones import load_backbone_weights
+from seglab.registry import register_model
+
+__all__ = ["SemanticFPN", "SemanticFPNHead", "semantic_fpn_resnet50", "semantic_fpn_resnet101"]
+
+_RESNETS = {50: (resnet50, ResNet50_Weights), 101: (resnet101, ResNet101_Weights)}
+
+# Pyramid levels and their strides: P2 (1/4) ... P5 (1/32).
+LEVEL_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+
+
+def scale_stage(in_channels: int, out_channels: int, *, upsample: bool) -> nn.Sequential:
+    """3x3 conv (no bias) + GroupNorm(32) + ReLU, then 2x bilinear upsampling when ``upsample``."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.GroupNorm(32, out_channels),
+        nn.ReLU(inplace=True),
+    ]
+    if upsample:
+        layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+    return nn.Sequential(*layers)
+
+
+class SemanticFPNHead(nn.Module):
+    """Panoptic FPN's semantic branch: each level to 1/4 scale (128 ch), summed, 1x1 conv to the classes.
+
+    Returns the logits at 1/4 of the input scale (the model upsamples them 4x).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, channels: int = 128) -> None:
+        super().__init__()
+        self.scale_heads = nn.ModuleDict()
+        for level, stride in LEVEL_STRIDES.items():
+            num_upsamples = (stride // 4).bit_length() - 1  # P2: 0, P3: 1, P4: 2, P5: 3
+            stages = [
+                scale_stage(in_channels if i == 0 else channels, channels, upsample=num_upsamples > 0)
+                for i in range(max(num_upsamples, 1))
+            ]
+            self.scale_heads[level] = nn.Sequential(*stages)
+        self.predictor = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        fused = None
+        for level, head in self.scale_heads.items():
+            out = head(features[level])
+            fused = out if fused is None else fused + out
+        return self.predictor(fused)
+
+
+class SemanticFPN(nn.Module):
+    """ResNet (C2..C5) -> FPN (P2..P5, 256 ch) -> :class:`SemanticFPNHead` -> 4x bilinear to the input size."""
+
+    size_divisor = 32
+
+    def __init__(self, backbone: nn.Module, fpn: FeaturePyramidNetwork, head: SemanticFPNHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fpn = fpn
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        d = self.size_divisor
+        pad_h, pad_w = -height % d, -width % d
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        pyramid = self.fpn(self.backbone(x))  # keys c2..c5 -> the same keys, P2..P5
+        features = {f"p{i}": pyramid[f"c{i}"] for i in range(2, 6)}
+        logits = F.interpolate(self.head(features), scale_factor=4, mode="bilinear", align_corners=False)
+        return logits[..., :height, :width]
+
+
+def _semantic_fpn_resnet(depth: int, num_classes: int, pretrained_backbone: bool | str) -> SemanticFPN:
+    build, weights = _RESNETS[depth]
+    resnet = build(weights=None)
+    load_backbone_weights(resnet, pretrained_backbone, torchvision_weights=weights)
+    backbone = IntermediateLayerGetter(
+        resnet, return_layers=OrderedDict(layer1="c2", layer2="c3", layer3="c4", layer4="c5")
+    )
+    fpn = FeaturePyramidNetwork([256, 512, 1024, 2048], 256)
+    return SemanticFPN(backbone, fpn, SemanticFPNHead(256, num_classes))
+
+
+_PAPER = {
+    "task": "semantic",
+    "paper": "Panoptic Feature Pyramid Networks",
+    "year": 2019,
+    "input_size": (512, 1024),
+    "url": "https://arxiv.org/abs/1901.02446",
+    "paper_kwargs": {"num_classes": 19},
+}
+
+
+@register_model(**_PAPER)
+def semantic_fpn_resnet50(*, num_classes: int = 19, pretrained_backbone: bool | str = False) -> SemanticFPN:
+    """Panoptic FPN's semantic branch on torchvision's ResNet-50 and FPN (28,478,675 parameters at 19 classes)."""
+    return _semantic_fpn_resnet(50, num_classes, pretrained_backbone)
+
+
+@register_model(**_PAPER)
+def semantic_fpn_resnet101(*, num_classes: int = 19, pretrained_backbone: bool | str = False) -> SemanticFPN:
+    """Panoptic FPN's semantic branch on torchvision's ResNet-101 and FPN (47,470,803 parameters at 19 classes)."""
+    return _semantic_fpn_resnet(101, num_classes, pretrained_backbone)
