@@ -17,6 +17,7 @@ batch whose pixels are all ignored gives a loss of exactly 0 that still has a gr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -96,6 +97,63 @@ class SegmentationLoss(nn.Module):
         return total, dict(zip(["loss", *names], floats, strict=True))
 
 
+class BootstrappedCrossEntropy(nn.Module):
+    """Bootstrapped cross-entropy of FRRN (Pohlen et al., CVPR 2017, arXiv:1611.08323).
+
+    Per image, the per-pixel cross-entropy (weighted by ``class_weights`` if given) is averaged over only the
+    K hardest (largest-loss) labelled pixels; the result is the mean over the images that have labelled
+    pixels. ``top_k`` is a pixel count (an ``int``, e.g. FRRN's 512 * 64) or a fraction of each image's
+    labelled pixels (a ``float`` in (0, 1], rounded up). An image with fewer than K labelled pixels uses all
+    of them. Pixels labelled ``ignore_index`` never count; a batch with none labelled gives exactly 0 (with a
+    gradient). Logits smaller than the target are upsampled bilinearly, as in :class:`SegmentationLoss`.
+    """
+
+    def __init__(
+        self,
+        top_k: float | int,
+        ignore_index: int = 255,
+        class_weights: Tensor | Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, float)):
+            raise ValueError(f"top_k must be a pixel count or a fraction, got {top_k!r}")
+        if isinstance(top_k, int) and top_k < 1:
+            raise ValueError(f"top_k as a pixel count must be >= 1, got {top_k}")
+        if isinstance(top_k, float) and not 0.0 < top_k <= 1.0:
+            raise ValueError(f"top_k as a fraction must be in (0, 1], got {top_k}")
+        self.top_k = top_k
+        self.ignore_index = int(ignore_index)
+        weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        if weights is not None and (weights.ndim != 1 or bool((weights < 0).any())):
+            raise ValueError(f"class_weights must be one non-negative weight per class, got {weights.tolist()}")
+        self.register_buffer("class_weights", weights)
+
+    def _k(self, valid: int) -> int:
+        if isinstance(self.top_k, float):
+            return min(valid, math.ceil(self.top_k * valid))
+        return min(valid, self.top_k)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if target.ndim != 3:
+            raise ValueError(f"target must be [B, H, W] class indices, got shape {tuple(target.shape)}")
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        target = target.long()
+        pixel_loss = F.cross_entropy(
+            logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index, reduction="none"
+        )
+        valid = target != self.ignore_index
+        total = pixel_loss.sum() * 0.0  # keeps a gradient when no image has labelled pixels
+        images = 0
+        for loss_i, valid_i in zip(pixel_loss.flatten(1), valid.flatten(1), strict=True):
+            losses = loss_i[valid_i]
+            if losses.numel() == 0:
+                continue
+            total = total + losses.topk(self._k(losses.numel())).values.mean()
+            images += 1
+        return total / max(images, 1)
+
+
 def median_frequency_weights(
     counts: Sequence[int] | Tensor, image_pixels: Sequence[int] | Tensor | None = None
 ) -> Tensor:
@@ -147,4 +205,4 @@ def class_pixel_counts(
     return counts, image_pixels
 
 
-__all__ = ["SegmentationLoss", "class_pixel_counts", "median_frequency_weights"]
+__all__ = ["BootstrappedCrossEntropy", "SegmentationLoss", "class_pixel_counts", "median_frequency_weights"]
