@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -99,6 +100,13 @@ def _image_files(inputs: list[str]) -> list[Path]:
     return files
 
 
+def _save_npy(path: Path, array) -> None:
+    import numpy as np
+
+    with open(path, "wb") as fh:  # a file object: np.save would append .npy to the temporary name
+        np.save(fh, array)
+
+
 def _cmd_predict(args) -> int:
     import numpy as np
 
@@ -107,7 +115,8 @@ def _cmd_predict(args) -> int:
     from seglab.data.palettes import get_label_set
     from seglab.engine.inference import Predictor
     from seglab.registry import create_model
-    from seglab.visualize import save_overlay
+    from seglab.utils import atomic_write
+    from seglab.visualize import save_heatmap, save_overlay
 
     meta = read_metadata(args.weights)
     name = args.model or meta.get("model")
@@ -122,14 +131,28 @@ def _cmd_predict(args) -> int:
     label_set = get_label_set(args.label_set or meta.get("label_set") or "voc")
     flip, scales = parse_tta(args.tta)
     crop = tuple(args.crop_size)
-    predictor = Predictor(
-        model, mode=args.mode, crop_size=crop, stride=tuple(c * 2 // 3 for c in crop), scales=scales, flip=flip,
-        flip_pairs=label_set.flip_pairs,
-    )
+    if args.mc_samples < 0:
+        raise SystemExit(f"seglab predict: --mc-samples must be >= 0, got {args.mc_samples}")
+    try:
+        predictor = Predictor(
+            model, mode=args.mode, crop_size=crop, stride=tuple(c * 2 // 3 for c in crop), scales=scales,
+            flip=flip, flip_pairs=label_set.flip_pairs, mc_samples=args.mc_samples,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"seglab predict: {exc}") from None
     out = Path(args.out)
     for path in _image_files(args.inputs):
         image = np.asarray(read_image(path))
-        label = predictor(image)
+        if args.mc_samples:
+            result = predictor.predict_uncertainty(image)
+            label = result["label"]
+            for key in ("entropy", "variance"):
+                atomic_write(out / f"{path.stem}_{key}.npy", lambda tmp, a=result[key]: _save_npy(tmp, a))
+            num_classes = result["mean"].shape[0]
+            save_heatmap(out / f"{path.stem}_uncertainty.png", result["entropy"] / math.log(max(num_classes, 2)),
+                         vmax=1.0)
+        else:
+            label = predictor(image)
         write_label_png(out / f"{path.stem}.png", label.astype(np.uint8), label_set)
         save_overlay(out / f"{path.stem}_overlay.png", image, label, label_set.colors)
         print(f"{path} -> {out / (path.stem + '.png')}")
@@ -186,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--crop-size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
     p.add_argument("--tta", help="e.g. flip,scales=0.75,1,1.25")
+    p.add_argument("--mc-samples", type=int, default=0, metavar="N",
+                   help="Monte Carlo dropout passes (models with dropout, e.g. bayesian_segnet_vgg16); also writes "
+                        "<stem>_entropy.npy, <stem>_variance.npy and an <stem>_uncertainty.png heat map")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("convert", help="convert another library's checkpoint to a seglab weights file")

@@ -70,6 +70,8 @@ class TrainConfig:
     log_interval: int = 10
     aux_weights: list[float] = field(default_factory=list)  # weights of the model's "aux" outputs
     class_weights: list[float] = field(default_factory=list)  # per-class CE weights; empty = uniform
+    # none | median_frequency (SegNet's weights from the training labels, used when class_weights is empty)
+    class_weighting: str = "none"
     amp: bool = False  # bf16 autocast
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     seed: int = 0

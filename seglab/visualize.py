@@ -87,6 +87,35 @@ def save_overlay(
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
+def heatmap(values: np.ndarray, vmax: float | None = None, cmap: str = "inferno") -> np.ndarray:
+    """``H x W`` values -> ``H x W x 3`` uint8 colours: ``values / vmax`` clipped to [0, 1] through ``cmap``.
+
+    ``vmax`` defaults to the largest finite value (1 if there is none or it is not positive); values below 0
+    and non-finite values are drawn as 0.
+    """
+    from matplotlib import colormaps
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"heatmap: values must be an HxW array, got shape {values.shape}")
+    finite = np.isfinite(values)
+    if vmax is None:
+        vmax = float(values[finite].max()) if finite.any() else 1.0
+    if not (math.isfinite(vmax) and vmax > 0):
+        vmax = 1.0
+    scaled = np.clip(np.where(finite, values, 0.0) / vmax, 0.0, 1.0)
+    rgba = colormaps[cmap](scaled, bytes=True)
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def save_heatmap(path: str | Path, values: np.ndarray, vmax: float | None = None, cmap: str = "inferno") -> Path:
+    """Write :func:`heatmap` of ``values`` as a PNG at ``path`` (atomically); returns the path."""
+    from PIL import Image
+
+    picture = Image.fromarray(heatmap(values, vmax, cmap))
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
 def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train and val records of a metrics.jsonl, sorted by iteration, the last record per iteration
     kept (a resumed run logs again the iterations after its last checkpoint)."""

@@ -249,6 +249,11 @@ class Predictor:
     with seglab.data.transforms.normalize_image), or a float tensor ``[3, H, W]`` taken as already
     normalised. ``tta`` (e.g. ``["flip", "scales=0.75,1,1.25"]``) turns flip on and sets the scales.
     The model is put in eval mode on ``device`` (default: where the model already is).
+
+    ``mc_samples > 0`` turns on Monte Carlo dropout (Bayesian SegNet, seglab.methods.mc_dropout): the
+    probabilities are the mean softmax over ``mc_samples`` passes with dropout on (whole-image inference
+    only), and :meth:`predict_uncertainty` also returns the entropy and variance. ``mc_seed`` makes the
+    samples repeatable without touching the global RNG (default: the global RNG draws them).
     """
 
     def __init__(
@@ -263,6 +268,8 @@ class Predictor:
         tta: Sequence[str] | str | None = None,
         flip_pairs: Sequence[tuple[int, int]] = (),
         device: str | torch.device | None = None,
+        mc_samples: int = 0,
+        mc_seed: int | None = None,
     ) -> None:
         if tta:
             tta_flip, tta_scales = parse_tta(tta)
@@ -274,8 +281,31 @@ class Predictor:
         self.flip_pairs = tuple((int(a), int(b)) for a, b in flip_pairs)
         self.device = torch.device(device) if device is not None else model_device(model)
         self.model = model.to(self.device).eval()
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 0:
+            raise ValueError(f"mc_samples must be a non-negative integer, got {mc_samples!r}")
+        self.mc_samples = int(mc_samples)
+        self.mc_generator: torch.Generator | None = None
+        if self.mc_samples:
+            from seglab.methods.mc_dropout import DROPOUT_TYPES
+
+            if not any(isinstance(m, DROPOUT_TYPES) for m in model.modules()):
+                raise ValueError(f"mc_samples={self.mc_samples}: {type(model).__name__} has no dropout layers, so "
+                                 "Monte Carlo dropout would repeat one prediction; use a model with dropout "
+                                 "(e.g. bayesian_segnet_vgg16) or mc_samples=0")
+            if mode != "whole" or self.scales != (1.0,) or self.flip:
+                raise ValueError("mc_samples > 0 supports whole-image inference only: it cannot be combined with "
+                                 f"mode={mode!r}, scales={self.scales} or flip={self.flip}")
+            if mc_seed is not None:
+                self.mc_generator = torch.Generator().manual_seed(int(mc_seed))
+
+    def _mc(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        from seglab.methods.mc_dropout import mc_predict
+
+        return mc_predict(self.model, batch.to(self.device), self.mc_samples, generator=self.mc_generator)
 
     def _probs(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.mc_samples:
+            return self._mc(batch)["mean"]
         with torch.inference_mode():
             return infer_probs(
                 self.model, batch.to(self.device), mode=self.mode, crop_size=self.crop_size, stride=self.stride,
@@ -285,6 +315,24 @@ class Predictor:
     def predict_probs(self, image: Any) -> torch.Tensor:
         """Class probabilities ``[K, H, W]`` (float32, on the CPU) for one image."""
         return self._probs(_to_input(image)[None])[0].cpu()
+
+    def predict_uncertainty(self, image: Any) -> dict[str, Any]:
+        """Monte Carlo dropout prediction for one image (needs ``mc_samples > 0``).
+
+        Returns ``{"label": HxW int64, "mean": Tensor [K, H, W] (mean softmax, CPU), "entropy": HxW float32
+        (predictive entropy of the mean, nats, in [0, log K]), "variance": HxW float32 (class-averaged variance
+        of the softmax over the samples)}``.
+        """
+        if not self.mc_samples:
+            raise ValueError("predict_uncertainty needs Monte Carlo dropout: create the Predictor with mc_samples > 0")
+        out = self._mc(_to_input(image)[None])
+        mean = out["mean"][0].cpu()
+        return {
+            "label": mean.argmax(dim=0).numpy().astype(np.int64),
+            "mean": mean,
+            "entropy": out["entropy"][0].cpu().numpy().astype(np.float32),
+            "variance": out["variance"][0].cpu().numpy().astype(np.float32),
+        }
 
     def __call__(self, image: Any) -> np.ndarray:
         """Labels ``H x W`` (int64) for one image."""

@@ -95,6 +95,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
+CLASS_WEIGHTINGS = ("none", "median_frequency")
+
+
+def median_frequency_class_weights(dataset: Any, num_classes: int) -> torch.Tensor:
+    """SegNet's median frequency weights from ``dataset``'s label files, read without augmentation."""
+    from seglab.data.io import read_label
+    from seglab.losses import class_pixel_counts, median_frequency_weights
+
+    read = getattr(dataset, "load_label", read_label)  # VOC datasets also read SBD .mat labels
+    labels = (read(path) for path in dataset.label_paths)
+    counts, image_pixels = class_pixel_counts(labels, num_classes)
+    return median_frequency_weights(counts, image_pixels).float()
+
+
 class Trainer:
     """Trains ``cfg.model`` on ``cfg.data``, evaluating and checkpointing as the config says."""
 
@@ -120,7 +134,7 @@ class Trainer:
             )
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(cfg, it))
-        weights = torch.tensor(cfg.train.class_weights) if cfg.train.class_weights else None
+        weights = self._class_weights()
         self.criterion = SegmentationLoss(aux_weights=cfg.train.aux_weights, class_weights=weights).to(
             self.device
         )
@@ -129,6 +143,24 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if resume:
             self._resume()
+
+    def _class_weights(self) -> torch.Tensor | None:
+        """``train.class_weights`` if given, else the ``train.class_weighting`` scheme's weights (or None)."""
+        cfg = self.cfg
+        scheme = cfg.train.class_weighting
+        if scheme not in CLASS_WEIGHTINGS:
+            raise ConfigError(
+                f"train.class_weighting: unknown value {scheme!r}; expected one of: {', '.join(CLASS_WEIGHTINGS)}"
+            )
+        if cfg.train.class_weights:
+            if scheme != "none":
+                log.info("train.class_weights given: train.class_weighting=%s is not used", scheme)
+            return torch.tensor(cfg.train.class_weights)
+        if scheme == "none":
+            return None
+        weights = median_frequency_class_weights(self.train_set, cfg.model.num_classes)
+        log.info("median frequency class weights: %s", [round(float(w), 4) for w in weights])
+        return weights
 
     # -- checkpoints -------------------------------------------------------------------------------
     def weights_metadata(self) -> dict[str, Any]:
