@@ -70,6 +70,8 @@ class TrainConfig:
     log_interval: int = 10
     aux_weights: list[float] = field(default_factory=list)  # weights of the model's "aux" outputs
     class_weights: list[float] = field(default_factory=list)  # per-class CE weights; empty = uniform
+    # FRRN's bootstrapped CE: 0 = plain CE; >= 1 = the K hardest pixels per image; in (0, 1) = that fraction
+    bootstrap_top_k: float = 0.0
     # none | median_frequency (SegNet's weights from the training labels, used when class_weights is empty)
     class_weighting: str = "none"
     amp: bool = False  # bf16 autocast

@@ -38,6 +38,7 @@ class SegmentationLoss(nn.Module):
         aux_weights: Sequence[float] = (),
         class_weights: Tensor | Sequence[float] | None = None,
         ignore_index: int = 255,
+        bootstrap_top_k: float | int | None = None,
     ) -> None:
         super().__init__()
         self.aux_weights = tuple(float(w) for w in aux_weights)
@@ -46,11 +47,18 @@ class SegmentationLoss(nn.Module):
         if weights is not None and (weights.ndim != 1 or bool((weights < 0).any())):
             raise ValueError(f"class_weights must be one non-negative weight per class, got {weights.tolist()}")
         self.register_buffer("class_weights", weights)
+        # FRRN's bootstrapped CE over the K hardest pixels per image instead of the mean over all of them
+        self.bootstrap = (
+            None if bootstrap_top_k is None else BootstrappedCrossEntropy(bootstrap_top_k, ignore_index, weights)
+        )
 
     def cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Mean cross-entropy of ``logits [B, K, h, w]`` against ``target [B, H, W]`` (resized to it)."""
+        """Mean cross-entropy of ``logits [B, K, h, w]`` against ``target [B, H, W]`` (resized to it);
+        bootstrapped (top-K) when the loss was built with ``bootstrap_top_k``."""
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        if self.bootstrap is not None:
+            return self.bootstrap(logits, target)
         logits = logits.float()
         weight = self.class_weights
         if weight is not None and weight.numel() != logits.shape[1]:

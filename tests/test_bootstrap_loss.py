@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seglab.losses import BootstrappedCrossEntropy
+from seglab.losses import BootstrappedCrossEntropy, SegmentationLoss
 
 
 @pytest.fixture(autouse=True)
@@ -93,3 +93,26 @@ def test_gradient_flows_only_to_the_hardest_pixels():
 def test_bad_top_k_is_refused(top_k):
     with pytest.raises(ValueError, match="top_k"):
         BootstrappedCrossEntropy(top_k=top_k)
+
+
+def test_segmentation_loss_uses_bootstrap_when_configured():
+    torch.manual_seed(0)
+    logits, aux = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    target = torch.randint(0, 4, (2, 8, 8))
+    target[0, :2] = 255
+    loss, parts = SegmentationLoss(aux_weights=[0.5], bootstrap_top_k=10)({"out": logits, "aux": [aux]}, target)
+    boot = BootstrappedCrossEntropy(10)
+    expected = boot(logits, target) + 0.5 * boot(aux, target)
+    assert torch.allclose(loss, expected)
+    assert parts["loss_out"] == pytest.approx(boot(logits, target).item())
+
+
+def test_trainer_reads_bootstrap_top_k_from_the_config():
+    from seglab.engine.trainer import _top_k
+    from seglab.errors import ConfigError
+
+    assert _top_k(0.0) is None
+    assert _top_k(32768.0) == 32768 and isinstance(_top_k(32768.0), int)
+    assert _top_k(0.25) == 0.25
+    with pytest.raises(ConfigError, match="bootstrap_top_k"):
+        _top_k(-1.0)

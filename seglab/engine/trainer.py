@@ -135,9 +135,9 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(cfg, it))
         weights = self._class_weights()
-        self.criterion = SegmentationLoss(aux_weights=cfg.train.aux_weights, class_weights=weights).to(
-            self.device
-        )
+        self.criterion = SegmentationLoss(
+            aux_weights=cfg.train.aux_weights, class_weights=weights, bootstrap_top_k=_top_k(cfg.train.bootstrap_top_k)
+        ).to(self.device)
         self.iteration = 0
         self.best_miou = -1.0
         self.history: list[dict[str, Any]] = []
@@ -315,6 +315,15 @@ class Trainer:
         except ImportError as exc:  # matplotlib is a dependency; only a broken install gets here
             log.warning("curves.png not drawn: %s", exc)
         return metrics
+
+
+def _top_k(value: float) -> float | int | None:
+    """``train.bootstrap_top_k`` as the loss takes it: None (off), a pixel count, or a fraction."""
+    if value < 0:
+        raise ConfigError(f"train.bootstrap_top_k must be >= 0, got {value}")
+    if value == 0:
+        return None
+    return int(value) if value >= 1 else float(value)
 
 
 def _to_float(v):
