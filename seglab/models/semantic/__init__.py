@@ -1,11 +1,13 @@
 """Semantic segmentation models. Importing a family module registers its factories."""
 
 from seglab.models.semantic import (  # noqa: F401
+    adapnet,
     bisenet,
     deeplabv3,
     enet,
     fcn,
     fcn_resnet,
+    frrn,
     lraspp,
     segnet,
     semantic_fpn,
