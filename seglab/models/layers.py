@@ -84,3 +84,10 @@ class DoubleConv(nn.Sequential):
             ConvBNAct(in_channels, out_channels, 3, padding=pad, batch_norm=batch_norm),
             ConvBNAct(out_channels, out_channels, 3, padding=pad, batch_norm=batch_norm),
         )
+
+
+def pad_to_multiple(x: Tensor, multiple: int, mode: str = "constant") -> Tensor:
+    """Pad ``x`` at the bottom/right so H and W are multiples of ``multiple`` (the model's total stride);
+    models crop their logits back to the input size. ``mode`` is F.pad's (zeros by default)."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode=mode)

@@ -37,13 +37,13 @@ deconv 4,656 + 8x deconv 73,752 (the split convs have exactly the parameters of 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck
 
 from seglab.models.backbones import load_backbone_weights
+from seglab.models.layers import pad_to_multiple
 from seglab.registry import register_model
 
 __all__ = ["AdapNet", "AdapNetDecoder", "MultiscaleConv", "adapnet"]
@@ -113,7 +113,7 @@ class AdapNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % OUTPUT_STRIDE, 0, -h % OUTPUT_STRIDE))
+        x = pad_to_multiple(x, OUTPUT_STRIDE)
         features = self.backbone(self.conv0(x))
         logits = self.decoder(features["block2"], features["block4"])
         return logits[..., :h, :w]

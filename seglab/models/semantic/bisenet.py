@@ -43,7 +43,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models._utils import IntermediateLayerGetter
 
 from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import ConvBNAct
+from seglab.models.layers import ConvBNAct, pad_to_multiple
 from seglab.registry import register_model
 
 __all__ = [
@@ -71,11 +71,6 @@ def _conv_bn(
     if act:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
-
-
-def _pad_to(x: Tensor, multiple: int) -> Tensor:
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % multiple, 0, -h % multiple))
 
 
 def _upsample(x: Tensor, size: torch.Size | tuple[int, int], mode: str = "bilinear") -> Tensor:
@@ -185,7 +180,7 @@ class BiSeNetV1(_Outputs, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | dict:
         size = x.shape[-2:]
-        x = _pad_to(x, 32)
+        x = pad_to_multiple(x, 32)
         context8, context16 = self.context_path(x)
         logits = self.head(self.ffm(self.spatial_path(x), context8))
         aux = [self.aux_heads[0](context8), self.aux_heads[1](context16)] if self.training else []
@@ -339,7 +334,7 @@ class BiSeNetV2(_Outputs, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | dict:
         size = x.shape[-2:]
-        x = _pad_to(x, 32)
+        x = pad_to_multiple(x, 32)
         *stages, semantic = self.semantic_branch(x)
         logits = self.head(self.aggregation(self.detail_branch(x), semantic))
         aux = [head(feat) for head, feat in zip(self.aux_heads, stages, strict=True)] if self.training else []

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab.models.layers import pad_to_multiple
 from seglab.registry import register_model
 
 __all__ = ["ENet", "enet"]
@@ -186,7 +187,7 @@ class ENet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % 8, 0, -h % 8), mode="replicate")  # three halvings must be exact
+        x = pad_to_multiple(x, 8, mode="replicate")  # three halvings must be exact
         size = x.shape
         x = self.initial(x)
         size1 = x.shape

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab.models.layers import ConvBNAct
+from seglab.models.layers import ConvBNAct, pad_to_multiple
 from seglab.registry import register_model
 
 __all__ = ["FRRN", "FRRU", "ResidualUnit", "frrn_a", "frrn_b"]
@@ -139,7 +139,7 @@ class FRRN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % self.divisor, 0, -h % self.divisor), mode="replicate")
+        x = pad_to_multiple(x, self.divisor, mode="replicate")
         pooling = self.stem(x)
         residual = self.split(pooling)
         for group in self.encoder:

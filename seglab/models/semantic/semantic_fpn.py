@@ -32,6 +32,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 
 from seglab.models.backbones import load_backbone_weights
+from seglab.models.layers import pad_to_multiple
 from seglab.registry import register_model
 
 __all__ = ["SemanticFPN", "SemanticFPNHead", "semantic_fpn_resnet50", "semantic_fpn_resnet101"]
@@ -93,10 +94,7 @@ class SemanticFPN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
-        d = self.size_divisor
-        pad_h, pad_w = -height % d, -width % d
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = pad_to_multiple(x, self.size_divisor)
         pyramid = self.fpn(self.backbone(x))  # keys c2..c5 -> the same keys, P2..P5
         features = {f"p{i}": pyramid[f"c{i}"] for i in range(2, 6)}
         logits = F.interpolate(self.head(features), scale_factor=4, mode="bilinear", align_corners=False)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torchvision.models import Swin_B_Weights, Swin_S_Weights, Swin_T_Weights, SwinTransformer, WeightsEnum
 
 from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import ConvBNAct
+from seglab.models.layers import ConvBNAct, pad_to_multiple
 from seglab.registry import register_model
 
 __all__ = [
@@ -171,8 +171,7 @@ class UperNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor | list[Tensor]]:
         h, w = x.shape[-2:]
-        d = self.size_divisor
-        x = F.pad(x, (0, (-w) % d, 0, (-h) % d))
+        x = pad_to_multiple(x, self.size_divisor)
         padded = x.shape[-2:]
         features = self.backbone(x)
         out = _resize(self.decode_head(features), padded)[..., :h, :w]
