@@ -59,6 +59,18 @@ VOC_CLASSES = (
 
 DEMO_SHAPES_CLASSES = ("background", "circle", "square", "triangle", "star")
 
+COCO_CLASSES = (  # background, then the 80 COCO instance categories in category-id order
+    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep",
+    "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)  # fmt: skip
+
 LIP_CLASSES = (
     "Background", "Hat", "Hair", "Glove", "Sunglasses", "UpperClothes", "Dress", "Coat", "Socks", "Pants",
     "Jumpsuits", "Scarf", "Skirt", "Face", "LeftArm", "RightArm", "LeftLeg", "RightLeg", "LeftShoe", "RightShoe",
@@ -99,6 +111,7 @@ _LABEL_SETS: dict[str, LabelSet] = {
     "lip": LabelSet("lip", LIP_CLASSES, LIP_COLORS, LIP_FLIP_PAIRS),
     "cityscapes": LabelSet("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_COLORS),
     "camvid": LabelSet("camvid", CAMVID_CLASSES, CAMVID_COLORS),
+    "coco": _voc_colored("coco", COCO_CLASSES),  # the VOC colour map: distinct for the first 256 indices
 }
 
 
