@@ -10,7 +10,6 @@ read with ``weights_only=True``.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +64,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: refused to load: the file is not a plain tensor checkpoint (loaded with "
-            f"torch.load(weights_only=True), which never runs code from the file): {exc}"
-        ) from None
+    obj = _torch_load(path, "weights")
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -120,7 +113,46 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: training state not found (nothing to resume)")
+    state = _torch_load(path, "training state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a training state mapping, got {type(state).__name__}")
+    return state
+
+
+_TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "Please file an issue")
+
+
+def _torch_load(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)``; any failure (unsafe pickle, truncated or foreign file) -> CheckpointError.
+
+    torch's own message advises retrying with ``weights_only=False``, which is exactly what must not
+    be done with an untrusted file, so only its reason (e.g. the blocked global) is kept.
+    """
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{path}: refused to load training state: {exc}") from None
+    except Exception as exc:  # torch.load raises many types (UnpicklingError, RuntimeError, OSError, ...)
+        lines = [line.strip() for line in str(exc).splitlines()]
+        reason = " ".join(line for line in lines if line and not line.startswith(_TORCH_ADVICE))
+        raise CheckpointError(
+            f"{path}: refused to load {what}: not a plain tensor checkpoint, or damaged (read with "
+            f"torch.load(weights_only=True), which never runs code from the file): "
+            f"{type(exc).__name__}: {reason or 'no details'}"
+        ) from None
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files that atomic writes of a killed process left in ``folder``.
+
+    A SIGKILL during :func:`seglab.utils.atomic_write` leaves its temporary file behind (the target
+    file is intact). Call this only where no other process is writing, e.g. when resuming a run.
+    Returns the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return sorted(removed)

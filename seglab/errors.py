@@ -21,3 +21,8 @@ class ConfigError(SeglabError):
 
 class CheckpointError(SeglabError):
     """A weights file is missing, unsafe, or does not match the model."""
+
+
+class TrainingError(SeglabError):
+    """A run cannot go on (a non-finite loss, a data worker that died); the message names the iteration
+    and the last good checkpoint, which is kept."""

@@ -14,7 +14,8 @@ import torch
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` atomically: ``write(tmp_path)`` fills a temporary file in the same folder,
-    which is fsynced and renamed over ``path``. A killed process leaves the old file intact."""
+    which is fsynced and renamed over ``path``, then the folder is fsynced so the rename is durable.
+    A killed process leaves the old file intact (and at worst a stray ``.<name>.*.tmp``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,7 +29,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """fsync a folder so a rename in it survives a power loss (POSIX; a no-op where folders can't be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

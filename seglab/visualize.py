@@ -116,6 +116,64 @@ def save_heatmap(path: str | Path, values: np.ndarray, vmax: float | None = None
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
+def instance_colors(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """``n`` distinct bright colours, one per instance (golden-ratio hue steps)."""
+    import colorsys
+
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb((seed * 0.37 + i * 0.618034) % 1.0, 0.85, 0.95)
+        out.append((int(r * 255), int(g * 255), int(b * 255)))
+    return out
+
+
+def draw_instances(
+    image: Any,
+    instances: dict[str, Any],
+    class_names: Sequence[str],
+    *,
+    score_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """``HxWx3`` uint8 picture of ``image`` with each instance in its own colour, its box and a
+    ``"name score"`` caption (torchvision.utils.draw_segmentation_masks / draw_bounding_boxes).
+
+    ``instances`` is one output dict of an instance model (boxes, labels, scores, masks[N,1,H,W] and
+    optionally mask_scores, which are then the scores shown and thresholded).
+    """
+    import torch
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    picture = torch.from_numpy(np.ascontiguousarray(_rgb(image))).permute(2, 0, 1)
+    scores = instances.get("mask_scores", instances["scores"])
+    keep = torch.as_tensor(scores) >= score_threshold
+    if not bool(keep.any()):
+        return picture.permute(1, 2, 0).numpy().copy()
+    labels = [int(v) for v in torch.as_tensor(instances["labels"])[keep]]
+    colors = instance_colors(len(labels))
+    if "masks" in instances:
+        masks = torch.as_tensor(instances["masks"])[keep][:, 0] > mask_threshold
+        picture = draw_segmentation_masks(picture, masks, alpha=alpha, colors=colors)
+    captions = [
+        f"{class_names[c] if 0 <= c < len(class_names) else c} {float(s):.2f}"
+        for c, s in zip(labels, torch.as_tensor(scores)[keep], strict=True)
+    ]
+    boxes = torch.as_tensor(instances["boxes"], dtype=torch.float32)[keep]
+    picture = draw_bounding_boxes(picture, boxes, labels=captions, colors=colors, width=2)
+    return picture.permute(1, 2, 0).numpy().copy()
+
+
+def save_instances(
+    path: str | Path, image: Any, instances: dict[str, Any], class_names: Sequence[str], **kwargs: Any
+) -> Path:
+    """Write :func:`draw_instances`'s picture as a PNG, atomically."""
+    from PIL import Image
+
+    picture = Image.fromarray(draw_instances(image, instances, class_names, **kwargs))
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
 def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train and val records of a metrics.jsonl, sorted by iteration, the last record per iteration
     kept (a resumed run logs again the iterations after its last checkpoint)."""
@@ -181,7 +239,7 @@ def plot_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
     if not train:
         ax_loss.text(0.5, 0.5, "no training records", ha="center", va="center", transform=ax_loss.transAxes)
 
-    for key, style in (("mIoU", "o-"), ("aAcc", "s--")):
+    for key, style in (("mIoU", "o-"), ("aAcc", "s--"), ("segm_AP", "o-"), ("bbox_AP", "s--")):
         xs, ys = _series(val, key)
         if xs:
             ax_val.plot(xs, ys, style, label=f"val {key}")
@@ -196,4 +254,4 @@ def plot_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
     return atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
-__all__ = ["colorize", "overlay", "plot_curves", "save_overlay"]
+__all__ = ["colorize", "draw_instances", "overlay", "plot_curves", "save_instances", "save_overlay"]

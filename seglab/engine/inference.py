@@ -17,6 +17,10 @@ the same computation. :class:`Predictor` wraps it for single images (numpy, PIL 
   (whole or slide), and the probabilities resized back to the input size and averaged.
 - **flip**: the horizontally flipped image is inferred too; its output is flipped back and its
   channels swapped by ``flip_pairs`` (e.g. left arm <-> right arm) before averaging.
+- **bounded memory**: with ``max_whole_pixels`` set (the :class:`Predictor` sets 2048 x 2048 by
+  default), a whole-mode pass over an image (at a given scale) larger than that many pixels runs as
+  a sliding window with the given ``crop_size``/``stride`` instead, logged at INFO, so a huge photo
+  cannot exhaust memory in one forward pass. Evaluation keeps the exact mode it is asked for.
 
 Model outputs may be a ``[B, K, h, w]`` tensor or a dict with ``"out"``; logits at another size
 than their input are resized bilinearly (``align_corners=False``) to it. :func:`infer_probs` does
@@ -25,6 +29,7 @@ not change the grad mode: callers run it under ``torch.inference_mode`` (evaluat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 MODES = ("whole", "slide")
+DEFAULT_MAX_WHOLE_PIXELS = 2048 * 2048
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -122,6 +130,15 @@ def _slide_probs(
     return (probs / count)[:, :, :h, :w]
 
 
+def check_max_whole_pixels(value: int | None) -> int | None:
+    """Validate ``max_whole_pixels``: None (never switch to slide) or a positive integer."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"max_whole_pixels must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
 def _flip_permutation(flip_pairs: Sequence[tuple[int, int]], num_classes: int) -> list[int]:
     perm = list(range(num_classes))
     for pair in flip_pairs:
@@ -142,12 +159,15 @@ def infer_probs(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     flip_pairs: Sequence[tuple[int, int]] = (),
+    max_whole_pixels: int | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities ``[B, K, H, W]`` for normalised ``images [B, 3, H, W]``, at their size.
 
-    Averages over ``scales`` x (unflipped, flipped if ``flip``); see the module docstring.
+    Averages over ``scales`` x (unflipped, flipped if ``flip``); see the module docstring. In whole
+    mode, a (scaled) image of more than ``max_whole_pixels`` pixels is inferred by sliding window.
     """
     crop, step, scale_list = check_infer_args(mode, crop_size, stride, scales)
+    max_whole_pixels = check_max_whole_pixels(max_whole_pixels)
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f"infer_probs: images must be a float tensor [B, 3, H, W], got "
                          f"{images.dtype} {tuple(images.shape)}")
@@ -157,9 +177,14 @@ def infer_probs(
     for scale in scale_list:
         size = (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))
         scaled = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        slide = mode == "slide"
+        if not slide and max_whole_pixels is not None and size[0] * size[1] > max_whole_pixels:
+            log.info("image of %dx%d pixels exceeds max_whole_pixels=%d: sliding window %s, stride %s instead of "
+                     "a whole-image pass", size[0], size[1], max_whole_pixels, crop, step)
+            slide = True
         for flipped in (False, True) if flip else (False,):
             x = scaled.flip(-1) if flipped else scaled
-            if mode == "slide":
+            if slide:
                 probs = _slide_probs(model, x, crop, step)
             else:
                 probs = forward_logits(model, x).softmax(dim=1)
@@ -254,6 +279,10 @@ class Predictor:
     probabilities are the mean softmax over ``mc_samples`` passes with dropout on (whole-image inference
     only), and :meth:`predict_uncertainty` also returns the entropy and variance. ``mc_seed`` makes the
     samples repeatable without touching the global RNG (default: the global RNG draws them).
+
+    ``max_whole_pixels`` bounds memory: in whole mode an image (at any scale) larger than this many
+    pixels is inferred by sliding window with ``crop_size``/``stride`` (None: always whole). Monte
+    Carlo dropout always runs whole images.
     """
 
     def __init__(
@@ -270,6 +299,7 @@ class Predictor:
         device: str | torch.device | None = None,
         mc_samples: int = 0,
         mc_seed: int | None = None,
+        max_whole_pixels: int | None = DEFAULT_MAX_WHOLE_PIXELS,
     ) -> None:
         if tta:
             tta_flip, tta_scales = parse_tta(tta)
@@ -277,6 +307,7 @@ class Predictor:
             scales = tta_scales if tta_scales is not None else scales
         self.crop_size, self.stride, self.scales = check_infer_args(mode, crop_size, stride, scales)
         self.mode = mode
+        self.max_whole_pixels = check_max_whole_pixels(max_whole_pixels)
         self.flip = bool(flip)
         self.flip_pairs = tuple((int(a), int(b)) for a, b in flip_pairs)
         self.device = torch.device(device) if device is not None else model_device(model)
@@ -309,7 +340,7 @@ class Predictor:
         with torch.inference_mode():
             return infer_probs(
                 self.model, batch.to(self.device), mode=self.mode, crop_size=self.crop_size, stride=self.stride,
-                scales=self.scales, flip=self.flip, flip_pairs=self.flip_pairs,
+                scales=self.scales, flip=self.flip, flip_pairs=self.flip_pairs, max_whole_pixels=self.max_whole_pixels,
             )
 
     def predict_probs(self, image: Any) -> torch.Tensor:
@@ -354,8 +385,10 @@ class Predictor:
 
 
 __all__ = [
+    "DEFAULT_MAX_WHOLE_PIXELS",
     "Predictor",
     "check_infer_args",
+    "check_max_whole_pixels",
     "forward_logits",
     "infer_probs",
     "model_device",

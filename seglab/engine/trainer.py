@@ -1,12 +1,17 @@
-"""Single-process training loop for semantic models.
+"""Single-process training loop for semantic and instance models.
 
-One loop for every model: the model's outputs (a tensor, or a dict with ``out`` and ``aux``) go to
-:class:`~seglab.losses.SegmentationLoss`. The run folder ``runs/<name>/`` receives config.yaml,
-metrics.jsonl (one JSON object per log or eval line), checkpoints/{last,best}.safetensors with
-last_state.pt (optimiser, scheduler, RNG, position in the data order) and curves.png.
+One loop for every model. A semantic model's outputs (a tensor, or a dict with ``out`` and ``aux``) go
+to :class:`~seglab.losses.SegmentationLoss`; an instance model (the torchvision detection contract)
+takes lists of images and targets and returns its own dict of losses, which are summed and each logged.
+The run folder ``runs/<name>/`` receives config.yaml, metrics.jsonl (one JSON object per log or eval
+line), checkpoints/{last,best}.safetensors, last_state.pt (model, optimiser, scheduler, RNG, position
+in the data order, in one atomically written file) and curves.png. The best checkpoint is chosen by val
+mIoU (semantic) or mask AP (instance).
 
-The data order is a permutation drawn per epoch from ``(seed, epoch)``, so a resumed run continues
-from the same batch it stopped at.
+Nothing is lost when a run is killed: the data order is a permutation drawn per epoch from
+``(seed, epoch)``, and each sample's augmentation is seeded from ``(seed, epoch, index)`` (whichever
+process or worker reads it), so ``--resume`` continues from the same batch with the same augmentation,
+and the final weights equal an uninterrupted run's bit for bit on the CPU.
 """
 
 from __future__ import annotations
@@ -24,14 +29,14 @@ from torch.utils.data import DataLoader
 
 from seglab.checkpoint import (
     load_into,
-    load_state_dict,
     load_training_state,
+    remove_stale_temp_files,
     save_training_state,
     save_weights,
 )
 from seglab.config import Config, save_config
-from seglab.errors import ConfigError
-from seglab.registry import create_model
+from seglab.errors import ConfigError, TrainingError
+from seglab.registry import create_model, model_info
 from seglab.utils import atomic_write_text, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -76,6 +81,28 @@ class _EpochSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.order)
+
+
+class _SeededSamples(torch.utils.data.Dataset):
+    """``dataset`` whose sample ``i`` in epoch ``epoch`` is read with every RNG seeded from
+    ``(seed, epoch, i)``; the caller's RNG states are left as they were."""
+
+    def __init__(self, dataset: Any, seed: int, epoch: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        state = _rng_state()
+        torch_seed, np_seed = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(2)
+        torch.manual_seed(int(torch_seed))
+        np.random.seed(int(np_seed))
+        random.seed(int(torch_seed))
+        try:
+            return self.dataset[index]
+        finally:
+            _set_rng_state(state)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -124,22 +151,26 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         seed_everything(cfg.train.seed)
         self.label_set = get_label_set(cfg.data.palette)
+        self.task = model_info(cfg.model.name).task
         self.model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
         self.model.to(self.device)
-        self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
-        self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
+        self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, task=self.task)
+        self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False, task=self.task)
         if len(self.train_set) < cfg.data.batch_size:
             raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_set)} training images"
             )
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(cfg, it))
-        weights = self._class_weights()
-        self.criterion = SegmentationLoss(
-            aux_weights=cfg.train.aux_weights, class_weights=weights, bootstrap_top_k=_top_k(cfg.train.bootstrap_top_k)
-        ).to(self.device)
+        self.criterion = None  # instance models compute their own losses
+        if self.task != "instance":
+            self.criterion = SegmentationLoss(
+                aux_weights=cfg.train.aux_weights,
+                class_weights=self._class_weights(),
+                bootstrap_top_k=_top_k(cfg.train.bootstrap_top_k),
+            ).to(self.device)
         self.iteration = 0
-        self.best_miou = -1.0
+        self.best_score = -1.0  # val mIoU (semantic) or mask AP (instance)
         self.history: list[dict[str, Any]] = []
         if resume:
             self._resume()
@@ -174,26 +205,49 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        save_weights(self.ckpt_dir / "last.safetensors", self.model.state_dict(), self.weights_metadata())
+        """Write last_state.pt (everything ``--resume`` needs, in one atomic file), then last.safetensors."""
         state = {
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "iteration": self.iteration,
-            "best_miou": self.best_miou,
+            "best_score": self.best_score,
             "rng": _rng_state(),
         }
         save_training_state(self.ckpt_dir / "last_state.pt", state)
+        save_weights(self.ckpt_dir / "last.safetensors", state["model"], self.weights_metadata())
 
     def _resume(self) -> None:
-        weights = self.ckpt_dir / "last.safetensors"
-        state = load_training_state(self.ckpt_dir / "last_state.pt")
-        load_into(self.model, load_state_dict(weights), str(weights))
+        path = self.ckpt_dir / "last_state.pt"
+        for folder in (self.ckpt_dir, self.run_dir):  # a kill during an atomic write leaves its temporary file
+            for stale in remove_stale_temp_files(folder):
+                log.info("removed %s, left by an interrupted write", stale)
+        state = load_training_state(path)
+        # the weights come from the same file as the rest of the state, so a kill between the two
+        # checkpoint writes cannot pair weights of one iteration with an optimiser of another
+        load_into(self.model, state["model"], str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
-        self.best_miou = float(state["best_miou"])
+        self.best_score = float(state["best_score"])
         _set_rng_state(state["rng"])
-        log.info("resumed from %s at iteration %d", weights, self.iteration)
+        self._truncate_log()
+        log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _truncate_log(self) -> None:
+        """Drop metrics.jsonl lines written after the checkpoint (they will be written again)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the kill
+                continue
+            if record.get("iter", 0) <= self.iteration:
+                kept.append(line)
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
     # -- logging -----------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -207,13 +261,17 @@ class Trainer:
         bs = self.cfg.data.batch_size
         per_epoch = len(self.train_set) // bs
         epoch, start = divmod(self.iteration, per_epoch)
+        collate = None
+        if self.task == "instance":
+            from seglab.data.instance_transforms import collate_instances as collate
         while True:
             sampler = _EpochSampler(len(self.train_set), self.cfg.train.seed, epoch, start * bs)
             loader = DataLoader(
-                self.train_set,
+                _SeededSamples(self.train_set, self.cfg.train.seed, epoch),
                 batch_size=bs,
                 sampler=sampler,
                 num_workers=self.cfg.data.workers,
+                collate_fn=collate,
                 drop_last=True,
                 # its own generator: creating the iterator must not draw from the global RNG, or a
                 # resumed run (which creates it at another iteration) would augment differently
@@ -224,17 +282,42 @@ class Trainer:
             yield from loader
             epoch, start = epoch + 1, 0
 
-    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-        self.model.train()
-        images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp):
+    def _next_batch(self, batches):
+        try:
+            return next(batches)
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise TrainingError(
+                f"a data loading worker died at iteration {self.iteration + 1} ({exc}); the last good "
+                f"checkpoint is {self.ckpt_dir / 'last_state.pt'} (continue with --resume; data.workers=0 "
+                "reads in the main process and shows the failing file)"
+            ) from None
+
+    def _forward_loss(self, images, targets) -> tuple[torch.Tensor, dict[str, float]]:
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp)
+        if self.task == "instance":
+            images = [im.to(self.device, non_blocking=True) for im in images]
+            targets = [{k: _plain(v).to(self.device) for k, v in t.items()} for t in targets]
+            with autocast:
+                losses = self.model(images, targets)
+            losses = {k: v.float() for k, v in losses.items()}
+            loss = sum(losses.values())
+            return loss, {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+        images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        with autocast:
             outputs = self.model(images)
         outputs = {k: _to_float(v) for k, v in outputs.items()} if isinstance(outputs, dict) else outputs.float()
-        loss, parts = self.criterion(outputs, masks)
+        return self.criterion(outputs, targets)
+
+    def train_step(self, images, targets) -> dict[str, float]:
+        """One optimiser step on a batch (semantic: image and mask tensors; instance: lists)."""
+        self.model.train()
+        loss, parts = self._forward_loss(images, targets)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at iteration {self.iteration}; the last good checkpoint is "
-                f"{self.ckpt_dir / 'last.safetensors'}"
+            raise TrainingError(
+                f"loss is {loss.item()} at iteration {self.iteration + 1} ({parts}); stopped, the last good "
+                f"checkpoint is {self.ckpt_dir / 'last_state.pt'} (iteration {self._saved_iteration()})"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -244,7 +327,19 @@ class Trainer:
         self.scheduler.step()
         return parts
 
+    def _saved_iteration(self) -> int | None:
+        path = self.ckpt_dir / "last_state.pt"
+        return int(load_training_state(path)["iteration"]) if path.is_file() else None
+
     def evaluate(self):
+        """Validation metrics: SegMetrics (semantic) or InstanceMetrics with COCO AP (instance)."""
+        if self.task == "instance":
+            from seglab.engine.coco_eval import evaluate_instances
+
+            return evaluate_instances(
+                self.model, self.val_set, device=self.device, batch_size=self.cfg.eval.batch_size,
+                results_dir=self.run_dir / "coco_results",
+            )
         from seglab.engine.evaluator import evaluate
 
         e = self.cfg.eval
@@ -280,8 +375,8 @@ class Trainer:
             task = bar.add_task("train", total=total, completed=self.iteration, loss=float("nan"), lr=0.0)
             batches = self._batches()
             while self.iteration < (total if stop_at is None else min(stop_at, total)):
-                images, masks = next(batches)
-                parts = self.train_step(images, masks)
+                images, targets = self._next_batch(batches)
+                parts = self.train_step(images, targets)
                 self.iteration += 1
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(task, advance=1, loss=parts["loss"], lr=lr)
@@ -294,12 +389,13 @@ class Trainer:
                 if evaluate_now:
                     metrics = self.evaluate()
                     self._log({"iter": self.iteration, "split": "val", **metrics.to_dict()})
-                    if metrics.mIoU > self.best_miou:
-                        self.best_miou = metrics.mIoU
+                    score_name, score = _score(metrics)
+                    if score > self.best_score:
+                        self.best_score = score
                         save_weights(
                             self.ckpt_dir / "best.safetensors",
                             self.model.state_dict(),
-                            {**self.weights_metadata(), "mIoU": metrics.mIoU},
+                            {**self.weights_metadata(), score_name: score},
                         )
                 if self.iteration % cfg.train.checkpoint_interval == 0 or self.iteration in (total, stop_at):
                     self.save_checkpoint()
@@ -315,6 +411,18 @@ class Trainer:
         except ImportError as exc:  # matplotlib is a dependency; only a broken install gets here
             log.warning("curves.png not drawn: %s", exc)
         return metrics
+
+
+def _score(metrics) -> tuple[str, float]:
+    """The number the best checkpoint is chosen by: mask AP for instance models, else mIoU."""
+    if hasattr(metrics, "segm_AP"):
+        return "segm_AP", float(metrics.segm_AP)
+    return "mIoU", float(metrics.mIoU)
+
+
+def _plain(value):
+    """A tv_tensors subclass as a plain tensor (models index and concatenate them freely)."""
+    return value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else torch.as_tensor(value)
 
 
 def _top_k(value: float) -> float | int | None:
