@@ -1,4 +1,4 @@
-"""Load torchvision's segmentation checkpoints into seglab models, and convert them to seglab weights files.
+"""Load torchvision's segmentation and detection checkpoints into seglab models, and convert them to seglab weights.
 
 seglab's ``fcn_resnet*``, ``deeplabv3_*`` and ``lraspp_mobilenet_v3_large`` are built from torchvision's own
 modules with torchvision's attribute names, so a torchvision state dict loads as it is: the only mapping is
@@ -9,6 +9,12 @@ torchvision's reference training scripts (``{"model": ..., "optimizer": ...}``) 
 Unless given, ``num_classes`` is read from the classifier's shape and ``aux_loss`` from whether the file holds
 ``aux_classifier.*`` weights, so torchvision's published files (21 VOC classes, with the aux head) convert with
 no options.
+
+Detection: seglab's ``mask_rcnn_resnet50_fpn`` (torchvision's name ``maskrcnn_resnet50_fpn`` is an alias) and
+``mask_rcnn_resnet101_fpn`` are torchvision's ``MaskRCNN`` with the same keys; ``num_classes`` is read from
+``roi_heads.box_predictor.cls_score.weight``. Their backbone BN is ``FrozenBatchNorm2d``, which has no
+``num_batches_tracked``: those counters (present in state dicts of torchvision models built with plain BN, e.g.
+``weights=None``) are dropped, and every other key and shape must match.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from seglab.checkpoint import load_into, load_state_dict, save_weights
 from seglab.errors import CheckpointError
 from seglab.registry import create_model
 
-__all__ = ["TORCHVISION_MODELS", "convert_torchvision", "load_torchvision"]
+__all__ = ["ALIASES", "TORCHVISION_MODELS", "convert_torchvision", "load_torchvision"]
 
 # torchvision segmentation model -> the state-dict key of its final classifier weight [num_classes, C, 1, 1].
 TORCHVISION_MODELS = {
@@ -33,17 +39,25 @@ TORCHVISION_MODELS = {
     "deeplabv3_resnet101": "classifier.4.weight",
     "deeplabv3_mobilenet_v3_large": "classifier.4.weight",
     "lraspp_mobilenet_v3_large": "classifier.low_classifier.weight",
+    "mask_rcnn_resnet50_fpn": "roi_heads.box_predictor.cls_score.weight",
+    "mask_rcnn_resnet101_fpn": "roi_heads.box_predictor.cls_score.weight",
 }
+# torchvision's model names that differ from seglab's
+ALIASES = {"maskrcnn_resnet50_fpn": "mask_rcnn_resnet50_fpn"}
+DETECTION_MODELS = ("mask_rcnn_resnet50_fpn", "mask_rcnn_resnet101_fpn")
 
 _STATE_DICT = dict[str, torch.Tensor]
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str) -> str:
+    """seglab's name for torchvision model ``name`` (aliases resolved)."""
+    name = ALIASES.get(name, name)
     if name not in TORCHVISION_MODELS:
         raise CheckpointError(
-            f"{name!r} is not a torchvision segmentation model seglab converts; expected one of "
-            f"{', '.join(TORCHVISION_MODELS)}"
+            f"{name!r} is not a torchvision segmentation model seglab converts (nor a detection model); expected "
+            f"one of {', '.join([*TORCHVISION_MODELS, *ALIASES])}"
         )
+    return name
 
 
 def _read(state_dict_or_path: _STATE_DICT | str | Path) -> tuple[_STATE_DICT, str]:
@@ -64,18 +78,21 @@ def _resolve_kwargs(name: str, state_dict: _STATE_DICT, source: str, model_kwarg
                 f"{', '.join(list(state_dict)[:5])} ...)"
             )
         kwargs["num_classes"] = int(state_dict[classifier_key].shape[0])
-    if "aux_loss" not in kwargs and not name.startswith("lraspp"):
+    if "aux_loss" not in kwargs and not name.startswith("lraspp") and name not in DETECTION_MODELS:
         kwargs["aux_loss"] = any(k.startswith("aux_classifier.") for k in state_dict)
     return kwargs
 
 
 def _load(name: str, state_dict_or_path: _STATE_DICT | str | Path, model_kwargs: dict[str, Any]):
-    _check_name(name)
+    name = _check_name(name)
     state_dict, source = _read(state_dict_or_path)
     kwargs = _resolve_kwargs(name, state_dict, source, model_kwargs)
     model = create_model(name, **kwargs)
+    if name in DETECTION_MODELS:
+        own = model.state_dict()
+        state_dict = {k: v for k, v in state_dict.items() if k in own or not k.endswith(".num_batches_tracked")}
     load_into(model, state_dict, f"{source} (torchvision {name})")
-    return model, kwargs
+    return model, name, kwargs
 
 
 def load_torchvision(name: str, state_dict_or_path: _STATE_DICT | str | Path, **model_kwargs: Any) -> nn.Module:
@@ -92,13 +109,13 @@ def convert_torchvision(
 ) -> Path:
     """Convert torchvision's checkpoint ``src`` of model ``name`` to the seglab weights file ``dst``.
 
-    ``dst`` is a safetensors file whose metadata (model, num_classes, model_kwargs, label_set) lets
-    ``seglab predict --weights dst`` rebuild the model. Returns ``dst``.
+    ``dst`` is a safetensors file whose metadata (model: seglab's name, num_classes, model_kwargs, label_set)
+    lets ``seglab predict --weights dst`` rebuild the model. Returns ``dst``.
     """
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise CheckpointError(f"{dst}: the converted weights are written as safetensors; name it *.safetensors")
-    model, kwargs = _load(name, src, model_kwargs)
+    model, name, kwargs = _load(name, src, model_kwargs)
     num_classes = kwargs.pop("num_classes")
     kwargs.pop("pretrained_backbone", None)
     metadata = {"model": name, "num_classes": num_classes, "model_kwargs": kwargs, "label_set": label_set}
