@@ -191,7 +191,11 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "command lin
         if "=" not in item:
             raise ConfigError(f"{source}: override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw) if raw != "" else "", source)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: override {item!r}: value is not valid YAML: {exc}") from None
+        _set_path(data, key.strip(), value, source)
     return data
 
 

@@ -162,10 +162,10 @@ def _scan(data: dict[str, Any], ann_file: Path, image_dir: Path, report: Report)
             report("duplicate_id", where, "field 'id' is used twice", True)
             continue
         seen.add(aid)
-        if ann.get("image_id") not in images:
+        if not _is_int(ann.get("image_id")) or ann["image_id"] not in images:  # _is_int: a list is unhashable
             report("unknown_image", where, f"field 'image_id' {ann.get('image_id')!r} is not in 'images'", True)
             continue
-        if ann.get("category_id") not in categories:
+        if not _is_int(ann.get("category_id")) or ann["category_id"] not in categories:
             report("unknown_category", where, f"field 'category_id' {ann.get('category_id')!r} is not in "
                    f"'categories' (ids {sorted(categories)})", True)
             continue

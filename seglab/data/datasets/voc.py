@@ -39,7 +39,14 @@ def read_id_list(path: Path, layout: str) -> list[str]:
     """The ids in a split file (first token of each non-empty line)."""
     if not path.is_file():
         raise DatasetError(f"{path}: split file not found; {layout}")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: split file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"{path}: split file lists no ids; expected one id per line")
+    return ids
 
 
 def check_files_exist(paths: list[Path], layout: str) -> None:

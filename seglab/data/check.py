@@ -1,0 +1,337 @@
+"""``seglab check-dataset``: scan a whole dataset once and report every bad input, with label statistics.
+
+A training run reads a sample at a time and stops at the first bad one, possibly hours in. This
+scanner reads every listed file of every split up front (in parallel threads: PIL and numpy release
+the GIL while decoding) through the same readers as the loaders (:mod:`seglab.data.io`), and collects
+every problem instead of stopping: missing root or split list, missing or unpaired files, empty,
+truncated or corrupt files, decompression bombs, colour labels, label values >= the class count
+(other than 255), label/image size mismatches. COCO layouts are checked by
+:func:`seglab.data.datasets.coco.check_coco`. Label statistics (pixel share per class over non-ignore
+pixels, labels without any foreground class) are taken over the samples that have no problem.
+
+The target is a config YAML (its ``data`` section: dataset voc/folder/demo/coco, root, splits, palette)
+or a dataset folder whose layouts are detected: VOC (ImageSets/Segmentation, JPEGImages,
+SegmentationClass), folder (images/ and masks/, or <split>/images and <split>/masks), COCO
+(annotations/instances_*.json). A folder may hold several (the demo data is VOC and COCO).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seglab.data.palettes import LabelSet, get_label_set
+from seglab.errors import ConfigError, DatasetError
+
+# Problem kinds found by this module and by seglab.data.io (COCO kinds come from check_coco).
+PROBLEM_KINDS: dict[str, str] = {
+    "missing_root": "dataset root or layout folder not found",
+    "missing_split_list": "split list not found, not text, or empty",
+    "missing_file": "listed image or label file not found",
+    "unpaired": "image without a mask or mask without an image",
+    "empty_file": "file is empty (0 bytes)",
+    "corrupt_image": "truncated or corrupt file that cannot be decoded",
+    "decompression_bomb": "image larger than seglab.data.io.MAX_IMAGE_PIXELS",
+    "label_mode": "label is a colour image, not class indices",
+    "label_out_of_range": "label values >= the class count other than 255",
+    "size_mismatch": "label size differs from its image",
+    "converted_image": "image converted to RGB (grayscale, RGBA, palette or 16-bit); not an error",
+}
+WARNING_KINDS = frozenset({"converted_image"})
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`check_dataset` found. ``errors`` and ``warnings`` map a kind to every offending path
+    (or COCO location); ``counts`` maps each kind to its number of occurrences and ``samples`` to the
+    number of distinct image/label pairs scanned."""
+
+    target: str
+    layouts: list[str] = field(default_factory=list)
+    label_set: str = ""
+    splits: list[str] = field(default_factory=list)
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)  # path -> first message about it
+    class_pixel_share: dict[str, float] = field(default_factory=dict)  # class name -> share of non-ignore pixels
+    images_without_foreground: list[str] = field(default_factory=list)  # label paths with only class 0 / 255
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def add(self, kind: str, where: str, detail: str = "", is_error: bool | None = None) -> None:
+        if is_error is None:
+            is_error = kind not in WARNING_KINDS
+        target = self.errors if is_error else self.warnings
+        target.setdefault(kind, []).append(where)
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if detail:
+            self.details.setdefault(where, detail)
+
+    def to_text(self, max_examples: int = 5) -> str:
+        """A human-readable report: problems by kind with their counts and first files, then label statistics."""
+        lines = [
+            f"dataset {self.target}: layout {', '.join(self.layouts) or 'unknown'}, splits {', '.join(self.splits)}, "
+            f"{self.counts.get('samples', 0)} samples, label set {self.label_set!r}"
+        ]
+        for title, problems in (("errors", self.errors), ("warnings", self.warnings)):
+            if not problems:
+                continue
+            lines.append(f"{title}: {sum(len(v) for v in problems.values())} in {len(problems)} kinds")
+            for kind in sorted(problems):
+                paths = problems[kind]
+                meaning = PROBLEM_KINDS.get(kind, "")
+                lines.append(f"  {kind} ({len(paths)}){': ' + meaning if meaning else ''}")
+                for where in paths[:max_examples]:
+                    detail = self.details.get(where, "")
+                    lines.append(f"    {where}" + (f"  [{detail}]" if detail and detail != where else ""))
+                if len(paths) > max_examples:
+                    lines.append(f"    ... and {len(paths) - max_examples} more")
+        if self.class_pixel_share:
+            shares = ", ".join(f"{name} {share:.2%}" for name, share in self.class_pixel_share.items())
+            lines.append(f"class pixel share (of non-ignore pixels): {shares}")
+            lines.append(f"labels without foreground: {len(self.images_without_foreground)}")
+            for path in self.images_without_foreground[:max_examples]:
+                lines.append(f"    {path}")
+        lines.append("OK: no errors found" if self.ok else f"FAILED: {sum(map(len, self.errors.values()))} errors")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Sample:
+    image: Path
+    label: Path
+
+
+@dataclass
+class _SampleResult:
+    problems: list[tuple[str, str, str]]  # (kind, path, message)
+    histogram: np.ndarray | None = None  # 256 bins of label values, when the sample is clean
+    label: str = ""
+
+
+def _check_sample(sample: _Sample, num_classes: int) -> _SampleResult:
+    """Read one image/label pair as the loaders do and list its problems (never raises DatasetError)."""
+    from seglab.data.datasets.voc import read_sbd_label
+    from seglab.data.io import image_to_rgb, label_to_array, open_image_file
+
+    problems: list[tuple[str, str, str]] = []
+    size = None
+    try:
+        img = open_image_file(sample.image, "image")
+        if img.mode != "RGB":
+            problems.append(("converted_image", str(sample.image), f"mode {img.mode}"))
+        size = image_to_rgb(img, sample.image).size
+    except DatasetError as exc:
+        problems.append((getattr(exc, "kind", "corrupt_image"), str(sample.image), str(exc)))
+    try:
+        if sample.label.suffix == ".mat":
+            label = read_sbd_label(sample.label)
+        else:
+            label = label_to_array(open_image_file(sample.label, "label"), sample.label)
+    except DatasetError as exc:
+        kind = getattr(exc, "kind", "corrupt_image" if sample.label.is_file() else "missing_file")
+        problems.append((kind, str(sample.label), str(exc)))
+        return _SampleResult(problems)
+    if size is not None and label.shape != (size[1], size[0]):
+        problems.append((
+            "size_mismatch", str(sample.label),
+            f"label {label.shape[1]}x{label.shape[0]} vs image {size[0]}x{size[1]} (WxH) {sample.image.name}",
+        ))
+    bad = np.unique(label[(label >= num_classes) & (label != 255)])
+    if bad.size:
+        problems.append(("label_out_of_range", str(sample.label), f"values {bad.tolist()[:10]} >= {num_classes}"))
+    if any(kind not in WARNING_KINDS for kind, _, _ in problems):
+        return _SampleResult(problems)
+    return _SampleResult(problems, np.bincount(label.ravel(), minlength=256), str(sample.label))
+
+
+# -- layouts: each yields samples and adds layout-level problems to the report -----------------------------
+
+
+def _voc_samples(root: Path, splits: list[str] | None, report: DatasetReport) -> Iterator[_Sample]:
+    from seglab.data.datasets.voc import VOC_LAYOUT, read_id_list
+
+    lists = root / "ImageSets" / "Segmentation"
+    if splits is None:
+        splits = sorted(p.stem for p in lists.glob("*.txt"))
+    for split in splits:
+        report.splits.append(split)
+        try:
+            ids = read_id_list(lists / f"{split}.txt", VOC_LAYOUT)
+        except DatasetError as exc:
+            report.add("missing_split_list", str(lists / f"{split}.txt"), str(exc))
+            continue
+        for i in ids:
+            yield _Sample(root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png")
+
+
+def _folder_pairs(root: Path, report: DatasetReport) -> dict[str, _Sample]:
+    from seglab.data.datasets.folder import IMAGE_SUFFIXES
+
+    images = {p.stem: p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in sorted((root / "masks").glob("*.png"))}
+    for stem in sorted(set(images) - set(masks)):
+        report.add("unpaired", str(images[stem]), f"no mask {root / 'masks' / (stem + '.png')}")
+    for stem in sorted(set(masks) - set(images)):
+        report.add("unpaired", str(masks[stem]), f"no image {stem}.* in {root / 'images'}")
+    return {s: _Sample(images[s], masks[s]) for s in sorted(set(images) & set(masks))}
+
+
+def _folder_samples(root: Path, splits: list[str] | None, report: DatasetReport) -> Iterator[_Sample]:
+    from seglab.data.datasets.folder import FOLDER_LAYOUT
+    from seglab.data.datasets.voc import read_id_list
+
+    if splits is None:  # detected: root/images, root/<split>/images, root/<split>.txt
+        splits = [p.name for p in sorted(root.iterdir()) if (p / "images").is_dir()]
+        splits += [p.stem for p in sorted(root.glob("*.txt"))]
+        if (root / "images").is_dir() and not splits:
+            splits = [""]
+    for split in splits:
+        report.splits.append(split or "(all)")
+        if split and (root / split / "images").is_dir():
+            base = root / split
+        else:
+            base = root
+        for folder in (base / "images", base / "masks"):
+            if not folder.is_dir():
+                report.add("missing_root", str(folder), f"folder not found; {FOLDER_LAYOUT}")
+        if not (base / "images").is_dir() or not (base / "masks").is_dir():
+            continue
+        pairs = _folder_pairs(base, report)
+        if base == root and split and (root / f"{split}.txt").is_file():
+            try:
+                stems = read_id_list(root / f"{split}.txt", FOLDER_LAYOUT)
+            except DatasetError as exc:
+                report.add("missing_split_list", str(root / f"{split}.txt"), str(exc))
+                continue
+            for stem in stems:
+                if stem in pairs:
+                    yield pairs[stem]
+                else:
+                    report.add("missing_file", f"{root / 'images' / stem}.*", f"listed in {split}.txt")
+        else:
+            yield from pairs.values()
+
+
+def _coco_problems(root: Path, splits: list[str] | None, report: DatasetReport) -> None:
+    from seglab.data.datasets.coco import check_coco, coco_layout
+
+    if splits is None:
+        splits = sorted(p.stem.removeprefix("instances_") for p in (root / "annotations").glob("instances_*.json"))
+    for split in splits:
+        report.splits.append(f"coco:{split}")
+        try:
+            ann_file, image_dir = coco_layout(root, split)
+        except DatasetError as exc:
+            report.add("missing_split_list", str(root / "annotations" / f"instances_{split}.json"), str(exc))
+            continue
+        for kind, where, detail, is_error in check_coco(ann_file, image_dir):
+            report.add(kind, where, detail, is_error)
+
+
+def detect_layouts(root: Path) -> list[str]:
+    """The layouts present in folder ``root``: any of voc, folder, coco."""
+    layouts = []
+    if (root / "ImageSets" / "Segmentation").is_dir() or (root / "JPEGImages").is_dir():
+        layouts.append("voc")
+    if (root / "images").is_dir() or any((p / "images").is_dir() for p in root.iterdir() if p.is_dir()):
+        layouts.append("folder")
+    if any((root / "annotations").glob("instances_*.json")):
+        layouts.append("coco")
+    return layouts
+
+
+def _plan(target: Path, label_set: str | None) -> tuple[Path, list[tuple[str, list[str] | None]], str]:
+    """(root, [(layout, splits or None to detect)], label set name) for a config file or a folder."""
+    if target.suffix in _YAML_SUFFIXES and target.is_file():
+        from seglab.config import load_config
+
+        data = load_config(target).data
+        splits = list(dict.fromkeys([data.train_split, data.val_split]))
+        if data.dataset == "demo":
+            from seglab.data.datasets.demo import default_demo_root
+
+            root = Path(data.root) if data.root else default_demo_root()
+            return root, [("voc", splits)], label_set or data.palette
+        if data.dataset not in ("voc", "folder", "coco"):
+            raise ConfigError(f"{target}: data.dataset {data.dataset!r} cannot be checked; expected voc, folder, "
+                              "demo or coco")
+        if not data.root:
+            raise ConfigError(f"{target}: data.root is empty; expected the dataset folder")
+        return Path(data.root), [(data.dataset, splits)], label_set or data.palette
+    if target.is_file():
+        raise ConfigError(f"{target}: expected a config file ({', '.join(_YAML_SUFFIXES)}) or a dataset folder")
+    return target, [], label_set or "voc"
+
+
+def check_dataset(
+    target: str | Path, *, workers: int = 2, progress: bool = False, label_set: str | None = None
+) -> DatasetReport:
+    """Scan every split and file of the dataset at ``target`` (config YAML or folder) and report all problems.
+
+    ``label_set`` (default: the config's ``data.palette``, else ``voc``) gives the class count that label
+    values are checked against and the class names of the statistics.
+    """
+    if workers < 1:
+        raise ConfigError(f"check-dataset: workers must be >= 1, got {workers}")
+    target = Path(target)
+    root, plan, set_name = _plan(target, label_set)
+    try:
+        labels: LabelSet = get_label_set(set_name)
+    except KeyError as exc:
+        raise ConfigError(f"{target}: data.palette: {exc.args[0]}") from None
+    report = DatasetReport(str(target), label_set=labels.name)
+    if not root.is_dir():
+        report.add("missing_root", str(root), "dataset root folder not found")
+        return report
+    if not plan:
+        plan = [(layout, None) for layout in detect_layouts(root)]
+        if not plan:
+            report.add("missing_root", str(root), "no VOC, folder or COCO layout found in this folder")
+            return report
+    samples: dict[tuple[Path, Path], _Sample] = {}
+    for layout, splits in plan:
+        report.layouts.append(layout)
+        if layout == "coco":
+            _coco_problems(root, splits, report)
+            continue
+        found = _voc_samples(root, splits, report) if layout == "voc" else _folder_samples(root, splits, report)
+        for sample in found:
+            samples.setdefault((sample.image, sample.label), sample)
+    report.counts["samples"] = len(samples)
+    _scan(list(samples.values()), labels, report, workers, progress)
+    return report
+
+
+def _scan(samples: list[_Sample], labels: LabelSet, report: DatasetReport, workers: int, progress: bool) -> None:
+    histogram = np.zeros(256, np.int64)
+    seen: set[tuple[str, str]] = set()  # (kind, path): a file shared by two samples is reported once
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda s: _check_sample(s, labels.num_classes), samples)
+        if progress:
+            from rich.progress import track
+
+            results = track(results, total=len(samples), description="checking files")
+        for result in results:
+            for kind, path, message in result.problems:
+                if (kind, path) not in seen:
+                    seen.add((kind, path))
+                    report.add(kind, path, message)
+            if result.histogram is not None:
+                histogram += result.histogram
+                if not result.histogram[1 : labels.num_classes].any():
+                    report.images_without_foreground.append(result.label)
+    valid = histogram[: labels.num_classes]
+    if valid.sum():
+        report.class_pixel_share = {name: float(n / valid.sum()) for name, n in zip(labels.classes, valid, strict=True)}
+
+
+__all__ = ["PROBLEM_KINDS", "DatasetReport", "check_dataset", "detect_layouts"]
