@@ -47,7 +47,12 @@ def _cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, resume=args.resume, progress=True)
     metrics = trainer.fit()
-    print(metrics_to_text(metrics, trainer.label_set.classes))
+    if trainer.task == "instance":
+        from seglab.engine.coco_eval import instance_metrics_to_text
+
+        print(instance_metrics_to_text(metrics))
+    else:
+        print(metrics_to_text(metrics, trainer.label_set.classes))
     print(f"run folder: {cfg.run_dir}")
     return 0
 
@@ -58,10 +63,12 @@ def _cmd_eval(args) -> int:
     from seglab.data import build_dataset
     from seglab.data.palettes import get_label_set
     from seglab.engine.evaluator import evaluate, metrics_to_text
-    from seglab.registry import create_model
+    from seglab.registry import create_model, model_info
     from seglab.utils import atomic_write_text, resolve_device
 
     cfg = load_config(args.config, args.overrides)
+    if model_info(cfg.model.name).task == "instance":
+        return _eval_instances(cfg, args)
     if args.mode:
         cfg.eval.mode = args.mode
     if args.tta:
@@ -83,6 +90,74 @@ def _cmd_eval(args) -> int:
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics.to_dict(), indent=2))
         print(f"metrics written to {args.out}")
+    return 0
+
+
+def _eval_instances(cfg, args) -> int:
+    """``seglab eval`` for instance models: COCO box and mask AP (pycocotools) and COCO results JSON."""
+    from seglab.checkpoint import load_weights
+    from seglab.data import build_dataset
+    from seglab.engine.coco_eval import evaluate_instances, instance_metrics_to_text
+    from seglab.registry import create_model
+    from seglab.utils import atomic_write_text, resolve_device
+
+    if args.mode or args.tta:
+        raise SystemExit("seglab eval: --mode and --tta apply to semantic models only")
+    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+    load_weights(model, args.weights)
+    device = resolve_device(cfg.train.device)
+    dataset = build_dataset(cfg.data, cfg.data.val_split, train=False, task="instance")
+    results_dir = Path(args.results_dir) if args.results_dir else cfg.run_dir / "coco_results"
+    metrics = evaluate_instances(
+        model.to(device), dataset, device=device, batch_size=cfg.eval.batch_size, results_dir=results_dir,
+        progress=True,
+    )
+    print(instance_metrics_to_text(metrics))
+    print(f"COCO results: {results_dir / 'bbox_results.json'}, {results_dir / 'segm_results.json'}")
+    if args.out:
+        atomic_write_text(args.out, json.dumps(metrics.to_dict(), indent=2))
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+def _predict_instances(args, model, meta: dict) -> int:
+    """``seglab predict`` for instance models: one picture per image (each instance in its own colour,
+    with box, class name and score) and the instances as COCO results JSON (bbox and segm files)."""
+    import numpy as np
+
+    from seglab.data.io import read_image
+    from seglab.data.palettes import get_label_set
+    from seglab.engine.coco_eval import instances_to_coco_results
+    from seglab.engine.inference import InstancePredictor
+    from seglab.utils import atomic_write_text
+    from seglab.visualize import save_instances
+
+    num_classes = int(meta.get("num_classes") or args.num_classes or 0)
+    names = meta.get("classes")
+    if not names and (args.label_set or meta.get("label_set")):
+        names = get_label_set(args.label_set or meta["label_set"]).classes
+    names = list(names or [])
+    # labels -> category ids as recorded at training; converted torchvision weights use the ids as labels
+    mapping = {int(k): int(v) for k, v in (meta.get("label_to_cat_id") or {}).items()}
+    mapping = mapping or {label: label for label in range(1, max(num_classes, 1))}
+    predictor = InstancePredictor(model)
+    out = Path(args.out)
+    results: dict[str, list] = {"bbox": [], "segm": []}
+    files = _image_files(args.inputs)
+    for image_id, path in enumerate(files, start=1):
+        image = np.asarray(read_image(path))
+        instances = predictor(image)
+        save_instances(out / f"{path.stem}_instances.png", image, instances, names,
+                       score_threshold=args.score_threshold)
+        keep = instances.get("mask_scores", instances["scores"]) >= args.score_threshold
+        kept = {k: v[keep] for k, v in instances.items()}
+        for kind, entries in instances_to_coco_results([kept], [image_id], mapping).items():
+            results[kind].extend({**e, "file_name": path.name} for e in entries)
+        print(f"{path} -> {out / (path.stem + '_instances.png')} ({int(keep.sum())} instances)")
+    for kind, entries in results.items():
+        atomic_write_text(out / f"{kind}_results.json", json.dumps(entries))
+    print(f"COCO results: {out / 'bbox_results.json'}, {out / 'segm_results.json'} (image_id = position in "
+          "the input order, file_name beside it)")
     return 0
 
 
@@ -114,7 +189,7 @@ def _cmd_predict(args) -> int:
     from seglab.data.io import read_image, write_label_png
     from seglab.data.palettes import get_label_set
     from seglab.engine.inference import Predictor
-    from seglab.registry import create_model
+    from seglab.registry import create_model, model_info
     from seglab.utils import atomic_write
     from seglab.visualize import save_heatmap, save_overlay
 
@@ -128,6 +203,8 @@ def _cmd_predict(args) -> int:
         kwargs["num_classes"] = int(num_classes)
     model = create_model(name, **kwargs)
     load_weights(model, args.weights)
+    if model_info(name).task == "instance":
+        return _predict_instances(args, model, {**meta, "num_classes": num_classes})
     label_set = get_label_set(args.label_set or meta.get("label_set") or "voc")
     flip, scales = parse_tta(args.tta)
     crop = tuple(args.crop_size)
@@ -137,6 +214,7 @@ def _cmd_predict(args) -> int:
         predictor = Predictor(
             model, mode=args.mode, crop_size=crop, stride=tuple(c * 2 // 3 for c in crop), scales=scales,
             flip=flip, flip_pairs=label_set.flip_pairs, mc_samples=args.mc_samples,
+            max_whole_pixels=args.max_whole_pixels or None,
         )
     except ValueError as exc:
         raise SystemExit(f"seglab predict: {exc}") from None
@@ -168,6 +246,14 @@ def _cmd_convert_torchvision(args) -> int:
     return 0
 
 
+def _cmd_check_dataset(args) -> int:
+    from seglab.data.check import check_dataset
+
+    report = check_dataset(args.target, workers=args.workers, progress=True, label_set=args.label_set)
+    print(report.to_text())
+    return 0 if report.ok else 1
+
+
 def _cmd_demo(args) -> int:
     from seglab.demo import run_demo
 
@@ -197,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["whole", "slide"])
     p.add_argument("--tta", help="e.g. flip,scales=0.75,1,1.25")
     p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--results-dir", help="instance models: where the COCO results JSON go (default: the run folder)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="write label PNGs and overlays for images")
@@ -212,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mc-samples", type=int, default=0, metavar="N",
                    help="Monte Carlo dropout passes (models with dropout, e.g. bayesian_segnet_vgg16); also writes "
                         "<stem>_entropy.npy, <stem>_variance.npy and an <stem>_uncertainty.png heat map")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="instance models: draw and write instances scoring at least this (default 0.5)")
+    p.add_argument("--max-whole-pixels", type=int, default=2048 * 2048,
+                   help="semantic models in whole mode: larger images are inferred by sliding window "
+                        "(default 2048*2048; 0 = never)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("convert", help="convert another library's checkpoint to a seglab weights file")
@@ -223,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="default: read from the checkpoint's classifier")
     p.add_argument("--label-set", default="voc", help="label set recorded in the weights (default: voc)")
     p.set_defaults(func=_cmd_convert_torchvision)
+
+    p = sub.add_parser("check-dataset", help="scan a dataset for bad files and print label statistics")
+    p.add_argument("target", metavar="CONFIG_OR_PATH", help="a config YAML or a dataset folder")
+    p.add_argument("--workers", type=int, default=2, help="reader threads (default: 2)")
+    p.add_argument("--label-set", help="label set for class count and names (default: config palette, else voc)")
+    p.set_defaults(func=_cmd_check_dataset)
 
     p = sub.add_parser("demo", help="generate demo data, train, evaluate and predict")
     p.add_argument("overrides", nargs="*", help="key.sub=value applied to the demo config")

@@ -112,9 +112,9 @@ def models_markdown() -> str:
             f"| `{r.name}` | {r.task} | {paper} | {r.year} | {r.input_size[0]}x{r.input_size[1]} | "
             f"{r.setting} | {_fmt(r.params)} | {_fmt(r.paper_params)} | {_delta(r)} | {_gflops(r)} |"
         )
-    from seglab.realtime_demo import results_markdown
+    from seglab import instance_demo, realtime_demo
 
-    return "\n".join(lines) + "\n" + results_markdown()
+    return "\n".join(lines) + "\n" + realtime_demo.results_markdown() + instance_demo.results_markdown()
 
 
 def models_rich_table(task: str | None = None):

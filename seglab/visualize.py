@@ -145,7 +145,7 @@ def draw_instances(
     import torch
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-    picture = torch.from_numpy(np.ascontiguousarray(_rgb(image))).permute(2, 0, 1)
+    picture = torch.from_numpy(np.array(_rgb(image), order="C")).permute(2, 0, 1)  # a writable copy
     scores = instances.get("mask_scores", instances["scores"])
     keep = torch.as_tensor(scores) >= score_threshold
     if not bool(keep.any()):

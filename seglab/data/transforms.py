@@ -35,7 +35,7 @@ _STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
-def _image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+def image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """A uint8 [3,H,W] tensor from a PIL image, an HxWx3 uint8 array or a uint8 [3,H,W] tensor."""
     if isinstance(image, Image.Image):
         image = np.array(image.convert("RGB") if image.mode != "RGB" else image)  # a writable copy
@@ -54,7 +54,7 @@ def _image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tenso
 
 def normalize_image(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """Float32 [3,H,W]: RGB scaled to 0-1, minus the ImageNet mean, divided by the ImageNet std."""
-    x = _image_tensor(image).to(torch.float32).div_(255.0)
+    x = image_tensor(image).to(torch.float32).div_(255.0)
     return x.sub_(_MEAN).div_(_STD)
 
 
@@ -144,7 +144,7 @@ class SegmentationTransform:
         self.steps = list(steps)
 
     def __call__(self, image: Image.Image | np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> Pair:
-        img = tv_tensors.Image(_image_tensor(image))
+        img = tv_tensors.Image(image_tensor(image))
         mask_data = torch.from_numpy(np.asarray(label, dtype=np.uint8)) if isinstance(label, np.ndarray) else label
         mask = tv_tensors.Mask(mask_data.to(torch.uint8))
         if img.shape[-2:] != mask.shape[-2:]:
@@ -200,5 +200,6 @@ __all__ = [
     "RandomScale",
     "SegmentationTransform",
     "build_transforms",
+    "image_tensor",
     "normalize_image",
 ]

@@ -6,10 +6,11 @@ stay importable without the config and data machinery.
 """
 
 from seglab.engine.evaluator import ConfusionMatrix, SegMetrics, evaluate, evaluate_confusion, metrics_to_text
-from seglab.engine.inference import Predictor, infer_probs, sliding_windows
+from seglab.engine.inference import InstancePredictor, Predictor, infer_probs, sliding_windows
 
 __all__ = [
     "ConfusionMatrix",
+    "InstancePredictor",
     "Predictor",
     "SegMetrics",
     "evaluate",

@@ -154,14 +154,18 @@ def evaluate_instances(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
-    outputs: list[dict[str, torch.Tensor]] = []
+    # each batch becomes COCO results (RLE) at once: full-size mask probabilities of a whole
+    # evaluation set would not fit in memory
+    results: dict[str, list[dict[str, Any]]] = {t: [] for t in IOU_TYPES}
     image_ids: list[int] = []
+    has_masks = False
     try:
         with torch.inference_mode(), Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("eval", total=len(dataset))
             for start in range(0, len(dataset), batch_size):
                 items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
                 images = [item[0].to(device) for item in items]
+                outputs, ids = [], []
                 for out, (_, target) in zip(model(images), items, strict=True):
                     image_id = int(target["image_id"])
                     info = dataset.coco.imgs[image_id]
@@ -170,17 +174,20 @@ def evaluate_instances(
                         raise ValueError(f"evaluate_instances: image {image_id}: masks are "
                                          f"{tuple(out['masks'].shape[-2:])} but the image is {expected}; "
                                          "build the dataset with the evaluation transforms (no resizing)")
+                    has_masks = has_masks or "masks" in out
                     outputs.append({k: v.cpu() for k, v in out.items() if isinstance(v, torch.Tensor)})
-                    image_ids.append(image_id)
+                    ids.append(image_id)
+                for kind, entries in instances_to_coco_results(outputs, ids, dataset.label_to_cat_id).items():
+                    results[kind].extend(entries)
+                image_ids.extend(ids)
                 bar.advance(task, len(items))
     finally:
         for m, training in flags:
             m.train(training)
-    results = instances_to_coco_results(outputs, image_ids, dataset.label_to_cat_id)
     if results_dir is not None:
         for iou_type in IOU_TYPES:
             atomic_write_text(Path(results_dir) / f"{iou_type}_results.json", json.dumps(results[iou_type]))
-    iou_types = [t for t in IOU_TYPES if t == "bbox" or any("masks" in o for o in outputs) or not outputs]
+    iou_types = [t for t in IOU_TYPES if t == "bbox" or has_masks or not image_ids]
     metrics = coco_evaluate(dataset.coco, results, iou_types, image_ids=image_ids)
     return InstanceMetrics(bbox=metrics["bbox"], segm=metrics.get("segm", {}))
 

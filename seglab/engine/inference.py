@@ -384,8 +384,34 @@ class Predictor:
         return labels
 
 
+
+
+class InstancePredictor:
+    """Detect and segment instances in single images: ``InstancePredictor(model)(image) -> dict``.
+
+    For instance models (the torchvision detection contract): ``image`` is an HxWx3 uint8 array, a PIL
+    image or a uint8 tensor ``[3, H, W]``; it enters the model as 0-1 RGB (the model normalises and
+    resizes it itself). Returns the model's output dict for the image on the CPU: ``boxes`` (XYXY in
+    image pixels), ``labels``, ``scores``, ``masks`` ``[N, 1, H, W]`` probabilities and, for Mask
+    Scoring R-CNN, ``mask_scores``.
+    """
+
+    def __init__(self, model: nn.Module, *, device: str | torch.device | None = None) -> None:
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.model = model.to(self.device).eval()
+
+    def __call__(self, image: Any) -> dict[str, torch.Tensor]:
+        from seglab.data.transforms import image_tensor
+
+        x = image_tensor(image).float() / 255.0
+        with torch.inference_mode():
+            out = self.model([x.to(self.device)])[0]
+        return {k: v.cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+
 __all__ = [
     "DEFAULT_MAX_WHOLE_PIXELS",
+    "InstancePredictor",
     "Predictor",
     "check_infer_args",
     "check_max_whole_pixels",

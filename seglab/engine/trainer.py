@@ -196,13 +196,17 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
     def weights_metadata(self) -> dict[str, Any]:
         """What ``seglab predict`` needs to rebuild the model from the weights file alone."""
-        return {
+        meta = {
             "model": self.cfg.model.name,
             "num_classes": self.cfg.model.num_classes,
             "model_kwargs": self.cfg.model.kwargs,
             "label_set": self.cfg.data.palette,
             "iteration": self.iteration,
         }
+        if self.task == "instance":  # the dataset's category names and ids, for COCO results
+            meta["classes"] = list(self.train_set.classes)
+            meta["label_to_cat_id"] = {str(k): int(v) for k, v in self.train_set.label_to_cat_id.items()}
+        return meta
 
     def save_checkpoint(self) -> None:
         """Write last_state.pt (everything ``--resume`` needs, in one atomic file), then last.safetensors."""
