@@ -1,6 +1,6 @@
 """seglab: semantic segmentation, instance segmentation and human parsing in one PyTorch API."""
 
-from seglab.errors import CheckpointError, ConfigError, DatasetError, SeglabError
+from seglab.errors import CheckpointError, ConfigError, DatasetError, SeglabError, TrainingError
 from seglab.registry import count_parameters, create_model, list_models, model_info, register_model
 
 __version__ = "0.1.0"
@@ -9,8 +9,10 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "InstancePredictor",
     "Predictor",
     "SeglabError",
+    "TrainingError",
     "count_parameters",
     "create_model",
     "list_models",
@@ -26,8 +28,8 @@ def __getattr__(name: str):
         from seglab.convert.torchvision import load_torchvision
 
         return load_torchvision
-    if name == "Predictor":
-        from seglab.engine.inference import Predictor
+    if name in ("Predictor", "InstancePredictor"):
+        from seglab.engine import inference
 
-        return Predictor
+        return getattr(inference, name)
     raise AttributeError(f"module 'seglab' has no attribute {name!r}")

@@ -105,3 +105,31 @@ def test_mismatches_are_listed(reference, tmp_path):
     with pytest.raises(CheckpointError, match="no 'roi_heads.box_predictor.cls_score.weight'"):
         convert_torchvision("maskrcnn_resnet50_fpn", no_classifier, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_coco_checkpoint_records_torchvision_label_space_and_predict_names_categories(tmp_path):
+    """A 91-class (COCO) torchvision checkpoint keeps torchvision's labels = COCO category ids, so
+    `seglab predict` names the classes and writes the ids a COCO evaluation expects."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    torch.manual_seed(0)
+    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, **SMALL)
+    with torch.no_grad():
+        tv.roi_heads.box_predictor.cls_score.bias.copy_(torch.full((91,), -4.0))
+        tv.roi_heads.box_predictor.cls_score.bias[[1, 44]] = 3.0  # person, bottle (category ids 1 and 44)
+    src, dst = tmp_path / "coco.pth", tmp_path / "coco.safetensors"
+    torch.save(tv.state_dict(), src)
+    del tv
+    convert_torchvision("maskrcnn_resnet50_fpn", src, dst, label_set="coco", **SMALL)
+    meta = read_metadata(dst)
+    assert len(meta["classes"]) == 91 and meta["classes"][1] == "person" and meta["classes"][44] == "bottle"
+    assert meta["classes"][12] == "N/A" and meta["label_to_cat_id"]["90"] == 90
+    Image.fromarray(np.full((160, 200, 3), 128, np.uint8)).save(tmp_path / "grey.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "grey.png"), "--weights", str(dst), "--out", str(out),
+                 "--score-threshold", "0.0"]) == 0
+    segm = json.loads((out / "segm_results.json").read_text())
+    assert segm and {r["category_id"] for r in segm} <= {1, 44}

@@ -119,4 +119,10 @@ def convert_torchvision(
     num_classes = kwargs.pop("num_classes")
     kwargs.pop("pretrained_backbone", None)
     metadata = {"model": name, "num_classes": num_classes, "model_kwargs": kwargs, "label_set": label_set}
+    if name in DETECTION_MODELS and num_classes == 91:
+        # torchvision's COCO label space: label = COCO category id (1..90, with gaps named "N/A")
+        from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+
+        metadata["classes"] = list(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+        metadata["label_to_cat_id"] = {str(i): i for i in range(1, 91)}
     return save_weights(dst, model.state_dict(), metadata)
