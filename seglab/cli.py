@@ -325,7 +325,80 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate demo data, train, evaluate and predict")
     p.add_argument("overrides", nargs="*", help="key.sub=value applied to the demo config")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("plot", help="draw a run's loss/lr, val mIoU, per-class IoU and confusion PNGs")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder holding metrics.jsonl (and config.yaml)")
+    p.add_argument("--out", help="folder for the PNGs (default: RUN_DIR/plots)")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("pseudo-label", help="Naive-Student: label unlabelled images with a teacher (TTA, threshold)")
+    p.add_argument("config", help="the teacher's config (model, palette, eval mode)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.add_argument("--weights", required=True, help="the teacher's weights")
+    p.add_argument("--images", required=True, help="folder of unlabelled images")
+    p.add_argument("--out", required=True, help="output folder: images/ and masks/ (the folder dataset layout)")
+    p.add_argument("--threshold", type=float, default=0.7, help="pixels less confident than this become 255")
+    p.add_argument("--tta", help="default: flip,scales=0.5,0.75,1,1.25,1.5,1.75 (the paper's)")
+    p.set_defaults(func=_cmd_pseudo_label)
+
+    p = sub.add_parser("naive-student", help="Naive-Student: teacher, pseudo-labels, student; repeated")
+    p.add_argument("config", help="config of the labelled data, model and schedule")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.add_argument("--unlabelled", required=True, help="folder of unlabelled images")
+    p.add_argument("--rounds", type=int, required=True, help="student generations")
+    p.add_argument("--teacher-weights", help="skip training the first teacher: use these weights")
+    p.add_argument("--work-dir", help="default: <output_dir>/<name>_naive_student")
+    p.add_argument("--threshold", type=float, default=0.7, help="pixels less confident than this become 255")
+    p.set_defaults(func=_cmd_naive_student)
     return parser
+
+
+def _cmd_pseudo_label(args) -> int:
+    from seglab.checkpoint import load_weights
+    from seglab.config import load_config
+    from seglab.methods.naive_student import PAPER_SCALES, pseudo_label
+    from seglab.registry import create_model
+    from seglab.utils import resolve_device
+
+    cfg = load_config(args.config, args.overrides)
+    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+    load_weights(model, args.weights)
+    flip, scales = parse_tta(args.tta) if args.tta else (True, PAPER_SCALES)
+    e = cfg.eval
+    stats = pseudo_label(
+        model.to(resolve_device(cfg.train.device)), Path(args.images), args.out, label_set=cfg.data.palette,
+        scales=scales, flip=flip, threshold=args.threshold, mode=e.mode, crop_size=tuple(e.crop_size),
+        stride=tuple(e.stride),
+    )
+    print(f"{stats.images} pseudo-labels in {args.out}: {100 * stats.labelled_fraction:.1f}% of pixels labelled, "
+          f"pixels per class {stats.class_pixels}")
+    return 0
+
+
+def _cmd_naive_student(args) -> int:
+    from seglab.config import load_config
+    from seglab.methods.naive_student import naive_student
+
+    cfg = load_config(args.config, args.overrides)
+    work_dir = Path(args.work_dir) if args.work_dir else Path(cfg.output_dir) / f"{cfg.name}_naive_student"
+    results = naive_student(cfg, unlabelled=Path(args.unlabelled), rounds=args.rounds, work_dir=work_dir,
+                            teacher_weights=args.teacher_weights, threshold=args.threshold, progress=True)
+    for r in results:
+        print(f"round {r.round} {r.role}: val mIoU {r.val_mIoU:.4f} ({r.train_images} training images)")
+    print(f"record: {work_dir / 'naive_student.json'}")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from seglab.visualize import plot_run
+
+    try:
+        paths = plot_run(args.run_dir, args.out)
+    except ValueError as exc:
+        raise SystemExit(f"seglab plot: error: {exc}") from None
+    for path in paths:
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

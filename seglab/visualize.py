@@ -1,4 +1,4 @@
-"""Pictures of segmentations and training runs: colour maps, overlays and loss/mIoU curves.
+"""Pictures of segmentations and training runs: colour maps, overlays, loss/mIoU curves and run plots.
 
 Label maps become colour images through the label set's palette (seglab.data.palettes), with the
 ignore label (255) and any index outside the palette drawn white, so unlabelled regions stand out
@@ -6,11 +6,18 @@ instead of borrowing a class colour. Files are written atomically (seglab.utils.
 interrupted run never leaves a truncated PNG. Curves are drawn on a ``matplotlib.figure.Figure``
 with the Agg canvas, never through pyplot, so plotting from a training loop or a server leaves no
 global figure state and needs no display.
+
+``plot_run`` (the ``seglab plot RUN_DIR`` command) draws four PNGs from a run's metrics.jsonl:
+train loss with the learning rate, val mIoU (or COCO segm/bbox AP for instance runs) over iterations,
+the last val record's per-class IoU as bars and its confusion matrix, row-normalised (each ground-truth
+class's row sums to 1, so a cell reads "fraction of class g's pixels predicted as p" whatever the class
+frequencies), as a heat map. Class names come from the run's config.yaml (``data.palette``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +28,8 @@ import numpy as np
 from seglab.utils import atomic_write
 
 IGNORE_COLOR = (255, 255, 255)
+
+log = logging.getLogger(__name__)
 
 
 def _palette(colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
@@ -254,4 +263,219 @@ def plot_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
     return atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
-__all__ = ["colorize", "draw_instances", "overlay", "plot_curves", "save_instances", "save_overlay"]
+def _metrics_records(metrics_jsonl: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    path = Path(metrics_jsonl)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file; expected a run's metrics.jsonl (written by `seglab train`)")
+    return _read_metrics(path)
+
+
+def _new_figure(width: float, height: float) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _save_figure(fig: Any, out_png: str | Path) -> Path:
+    return atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def _class_name(class_names: Sequence[str] | None, i: int) -> str:
+    return class_names[i] if class_names is not None and i < len(class_names) else f"class {i}"
+
+
+def _last_val_with(val: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    for record in reversed(val):
+        if isinstance(record.get(key), list) and record[key]:
+            return record
+    return None
+
+
+def normalize_confusion(confusion: Any) -> np.ndarray:
+    """Row-normalise a ``C x C`` confusion matrix (rows ground truth): each row divided by its sum, so
+    ``out[g, p]`` is the fraction of class ``g``'s pixels predicted as ``p``. A row of zeros (a class
+    absent from the ground truth) stays all zeros rather than becoming NaN."""
+    matrix = np.asarray(confusion, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"normalize_confusion: expected a square C x C matrix, got shape {matrix.shape}")
+    if (matrix < 0).any() or not np.isfinite(matrix).all():
+        raise ValueError("normalize_confusion: counts must be finite and non-negative")
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+
+
+def plot_loss_lr(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
+    """Train loss (left axis) and learning rate (right axis) against iteration; returns ``out_png``.
+
+    Raises ValueError naming the file when it is missing or holds no train record with a loss."""
+    train, _ = _metrics_records(metrics_jsonl)
+    xs, ys = _series(train, "loss")
+    if not xs:
+        raise ValueError(f"{metrics_jsonl}: no train record with a numeric 'loss' to plot")
+    fig, ax = _new_figure(7, 4)
+    ax.plot(xs, ys, color="tab:blue", label="train loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax.set_title("training loss and learning rate")
+    xs, ys = _series(train, "lr")
+    if xs:
+        ax_lr = ax.twinx()
+        ax_lr.plot(xs, ys, color="tab:orange", linestyle="--", label="lr")
+        ax_lr.set_ylabel("learning rate", color="tab:orange")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    return _save_figure(fig, out_png)
+
+
+def plot_val_scores(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
+    """Val mIoU (semantic and parsing runs) or segm/bbox AP (instance runs) against iteration.
+
+    Raises ValueError naming the file when no val record holds any of these scores."""
+    _, val = _metrics_records(metrics_jsonl)
+    fig, ax = _new_figure(7, 4)
+    drawn = False
+    for key, style in (("mIoU", "o-"), ("segm_AP", "o-"), ("bbox_AP", "s--")):
+        xs, ys = _series(val, key)
+        if xs:
+            ax.plot(xs, ys, style, label=f"val {key}")
+            drawn = True
+    if not drawn:
+        raise ValueError(f"{metrics_jsonl}: no val record (\"split\": \"val\") with mIoU, segm_AP or bbox_AP")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("score")
+    ax.set_title("validation")
+    ax.legend(loc="lower right")
+    return _save_figure(fig, out_png)
+
+
+def plot_per_class_iou(
+    metrics_jsonl: str | Path, out_png: str | Path, class_names: Sequence[str] | None = None
+) -> Path:
+    """Bar chart of the last val record's per-class IoU (its ``"IoU"`` list), one bar per class, named by
+    ``class_names``; a class with no IoU (absent, null in JSON) is marked "n/a".
+
+    Raises ValueError naming the file when no val record has a per-class IoU list."""
+    _, val = _metrics_records(metrics_jsonl)
+    record = _last_val_with(val, "IoU")
+    if record is None:
+        raise ValueError(f"{metrics_jsonl}: no val record with a per-class 'IoU' list")
+    values = record["IoU"]
+    names = [_class_name(class_names, i) for i in range(len(values))]
+    heights = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0 for v in values]
+    fig, ax = _new_figure(max(6.0, 0.35 * len(values) + 2), 4.5)
+    bars = ax.bar(range(len(values)), heights, color="tab:blue")
+    for bar, value in zip(bars, values, strict=True):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            ax.text(bar.get_x() + bar.get_width() / 2, 0.01, "n/a", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(values)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("IoU")
+    miou = record.get("mIoU")
+    miou_text = f", mIoU {miou:.3f}" if isinstance(miou, (int, float)) else ""
+    ax.set_title(f"per-class IoU at iteration {record['iter']}{miou_text}")
+    return _save_figure(fig, out_png)
+
+
+def plot_confusion(
+    metrics_jsonl: str | Path, out_png: str | Path, class_names: Sequence[str] | None = None
+) -> Path:
+    """Heat map of the last val record's confusion matrix, row-normalised (:func:`normalize_confusion`):
+    rows are ground truth, columns prediction, each cell the fraction of the row's pixels.
+
+    Raises ValueError naming the file when no val record has a ``"confusion"`` matrix."""
+    _, val = _metrics_records(metrics_jsonl)
+    record = _last_val_with(val, "confusion")
+    if record is None:
+        raise ValueError(f"{metrics_jsonl}: no val record with a 'confusion' matrix")
+    try:
+        matrix = normalize_confusion(record["confusion"])
+    except ValueError as exc:
+        raise ValueError(f"{metrics_jsonl}: iteration {record['iter']}: {exc}") from None
+    n = matrix.shape[0]
+    names = [_class_name(class_names, i) for i in range(n)]
+    side = min(max(5.0, 0.4 * n + 2), 30.0)
+    fig, ax = _new_figure(side + 1, side)
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of ground-truth pixels")
+    fontsize = 8 if n <= 30 else 5
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(n), names, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(f"confusion (row-normalised) at iteration {record['iter']}")
+    if n <= 25:
+        for g in range(n):
+            for p in range(n):
+                ax.text(p, g, f"{matrix[g, p]:.2f}", ha="center", va="center", fontsize=8 if n <= 10 else 6,
+                        color="white" if matrix[g, p] > 0.5 else "black")
+    return _save_figure(fig, out_png)
+
+
+def run_class_names(run_dir: str | Path) -> list[str] | None:
+    """Class names of a run from ``run_dir/config.yaml``'s ``data.palette``; None when there is no
+    config or its palette names no known label set."""
+    import yaml
+
+    from seglab.data.palettes import get_label_set
+    from seglab.errors import ConfigError
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    palette = (cfg.get("data") or {}).get("palette") if isinstance(cfg, dict) else None
+    if not isinstance(palette, str):
+        return None
+    try:
+        return list(get_label_set(palette).classes)
+    except KeyError:
+        log.warning("%s: data.palette %r is not a known label set; classes are drawn by index", path, palette)
+        return None
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Draw a run's plots from ``run_dir/metrics.jsonl`` into ``out_dir`` (default ``run_dir/plots``):
+    loss_lr.png, val_miou.png, per_class_iou.png and confusion.png; returns the paths written.
+
+    The loss and val plots are required (ValueError naming the file when it is missing or lacks the
+    data); the per-class and confusion plots are skipped, with a logged warning, when the run has no
+    such data (instance runs have neither).
+    """
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    out = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    _metrics_records(metrics)  # fail early, before any file is written, on a missing or broken log
+    names = run_class_names(run_dir)
+    written = [plot_loss_lr(metrics, out / "loss_lr.png"), plot_val_scores(metrics, out / "val_miou.png")]
+    _, val = _read_metrics(metrics)
+    for key, name, draw in (
+        ("IoU", "per_class_iou.png", plot_per_class_iou),
+        ("confusion", "confusion.png", plot_confusion),
+    ):
+        if _last_val_with(val, key) is None:
+            log.warning("%s not drawn: %s has no val record with %r", name, metrics, key)
+            continue
+        written.append(draw(metrics, out / name, names))
+    return written
+
+
+__all__ = [
+    "colorize",
+    "draw_instances",
+    "normalize_confusion",
+    "overlay",
+    "plot_confusion",
+    "plot_curves",
+    "plot_loss_lr",
+    "plot_per_class_iou",
+    "plot_run",
+    "plot_val_scores",
+    "run_class_names",
+    "save_instances",
+    "save_overlay",
+]

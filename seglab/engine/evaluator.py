@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SegMetrics:
-    """Pixel accuracy, mean accuracy, mean IoU, frequency-weighted IoU and the per-class values."""
+    """Pixel accuracy, mean accuracy, mean IoU, frequency-weighted IoU, the per-class values and the
+    ``C x C`` confusion matrix they came from (rows ground truth, columns prediction; int64 pixel
+    counts), kept so a run's log can draw the confusion heat map (``seglab plot``)."""
 
     aAcc: float
     mAcc: float
@@ -52,10 +54,12 @@ class SegMetrics:
     fwIoU: float
     iou: np.ndarray
     acc: np.ndarray
+    confusion: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict: floats, with None wherever a value is NaN (JSON has no NaN)."""
-        return {
+        """JSON-safe dict: floats, with None wherever a value is NaN (JSON has no NaN), and
+        ``"confusion"`` as a list of rows of ints when the matrix is known."""
+        out: dict[str, Any] = {
             "aAcc": _json_float(self.aAcc),
             "mAcc": _json_float(self.mAcc),
             "mIoU": _json_float(self.mIoU),
@@ -63,6 +67,9 @@ class SegMetrics:
             "IoU": [_json_float(v) for v in self.iou.tolist()],
             "Acc": [_json_float(v) for v in self.acc.tolist()],
         }
+        if self.confusion is not None:
+            out["confusion"] = [[int(v) for v in row] for row in np.asarray(self.confusion).tolist()]
+        return out
 
 
 def _json_float(value: float) -> float | None:
@@ -152,7 +159,10 @@ class ConfusionMatrix:
             fw_iou = float((gt[present] / total * iou[present]).sum())
         else:
             a_acc = fw_iou = float("nan")
-        return SegMetrics(aAcc=a_acc, mAcc=_nanmean(acc), mIoU=_nanmean(iou), fwIoU=fw_iou, iou=iou, acc=acc)
+        return SegMetrics(
+            aAcc=a_acc, mAcc=_nanmean(acc), mIoU=_nanmean(iou), fwIoU=fw_iou, iou=iou, acc=acc,
+            confusion=self.hist.numpy().copy(),
+        )
 
 
 def metrics_to_text(metrics: SegMetrics, class_names: Sequence[str]) -> str:
