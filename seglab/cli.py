@@ -41,12 +41,18 @@ def _cmd_models(args) -> int:
 
 def _cmd_train(args) -> int:
     from seglab.config import load_config
+    from seglab.engine.distributed import cleanup
     from seglab.engine.evaluator import metrics_to_text
     from seglab.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, resume=args.resume, progress=True)
-    metrics = trainer.fit()
+    try:
+        trainer = Trainer(cfg, resume=args.resume, progress=True)
+        metrics = trainer.fit()
+    finally:
+        cleanup()  # under torchrun: leave the process group before exiting
+    if not trainer.is_main:
+        return 0
     if trainer.task == "instance":
         from seglab.engine.coco_eval import instance_metrics_to_text
 

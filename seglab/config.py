@@ -74,7 +74,13 @@ class TrainConfig:
     bootstrap_top_k: float = 0.0
     # none | median_frequency (SegNet's weights from the training labels, used when class_weights is empty)
     class_weighting: str = "none"
-    amp: bool = False  # bf16 autocast
+    amp: bool = False  # deprecated alias of precision: bf16
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + GradScaler, GPU only)
+    accumulate_steps: int = 1  # micro-batches of data.batch_size per optimiser step
+    channels_last: bool = False  # model and input images in channels-last memory format
+    sync_bn: bool = False  # BatchNorm -> SyncBatchNorm in distributed runs (CUDA only)
+    find_unused_parameters: bool = False  # DDP option, for models with parameters unused in a step
+    logger: str = "jsonl"  # jsonl | tensorboard (metrics.jsonl is always written)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -147,8 +147,12 @@ def evaluate_instances(
 
     Outputs must be at the image's original size (the model's own transform resizes back). With
     ``results_dir``, writes ``bbox_results.json`` and ``segm_results.json`` there (COCO results format).
+    Under ``torch.distributed`` each rank runs every ``world_size``-th batch and the results are gathered
+    (:func:`_gather_batches`), so every rank returns the single-process metrics.
     """
     from rich.progress import Progress
+
+    from seglab.engine.distributed import get_rank, get_world_size
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -156,13 +160,13 @@ def evaluate_instances(
     model.eval()
     # each batch becomes COCO results (RLE) at once: full-size mask probabilities of a whole
     # evaluation set would not fit in memory
-    results: dict[str, list[dict[str, Any]]] = {t: [] for t in IOU_TYPES}
-    image_ids: list[int] = []
+    batches: list[tuple[int, dict[str, list[dict[str, Any]]], list[int]]] = []  # (start, results, image ids)
     has_masks = False
+    rank, world_size = get_rank(), get_world_size()
     try:
         with torch.inference_mode(), Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("eval", total=len(dataset))
-            for start in range(0, len(dataset), batch_size):
+            for start in range(rank * batch_size, len(dataset), world_size * batch_size):
                 items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
                 images = [item[0].to(device) for item in items]
                 outputs, ids = [], []
@@ -177,19 +181,34 @@ def evaluate_instances(
                     has_masks = has_masks or "masks" in out
                     outputs.append({k: v.cpu() for k, v in out.items() if isinstance(v, torch.Tensor)})
                     ids.append(image_id)
-                for kind, entries in instances_to_coco_results(outputs, ids, dataset.label_to_cat_id).items():
-                    results[kind].extend(entries)
-                image_ids.extend(ids)
+                batches.append((start, instances_to_coco_results(outputs, ids, dataset.label_to_cat_id), ids))
                 bar.advance(task, len(items))
     finally:
         for m, training in flags:
             m.train(training)
+    if world_size > 1:
+        batches, has_masks = _gather_batches(batches, has_masks)
+    results: dict[str, list[dict[str, Any]]] = {t: [] for t in IOU_TYPES}
+    image_ids: list[int] = []
+    for _, batch_results, ids in batches:
+        for kind, entries in batch_results.items():
+            results[kind].extend(entries)
+        image_ids.extend(ids)
     if results_dir is not None:
         for iou_type in IOU_TYPES:
             atomic_write_text(Path(results_dir) / f"{iou_type}_results.json", json.dumps(results[iou_type]))
     iou_types = [t for t in IOU_TYPES if t == "bbox" or has_masks or not image_ids]
     metrics = coco_evaluate(dataset.coco, results, iou_types, image_ids=image_ids)
     return InstanceMetrics(bbox=metrics["bbox"], segm=metrics.get("segm", {}))
+
+
+def _gather_batches(batches: list, has_masks: bool) -> tuple[list, bool]:
+    """Every rank's per-batch results, in the single-process batch order (all_gather_object)."""
+    from seglab.engine.distributed import all_gather_object
+
+    gathered = all_gather_object((batches, has_masks))
+    merged = sorted((b for rank_batches, _ in gathered for b in rank_batches), key=lambda b: b[0])
+    return merged, any(masks for _, masks in gathered)
 
 
 def instance_metrics_to_text(metrics: InstanceMetrics) -> str:

@@ -1,4 +1,4 @@
-"""Single-process training loop for semantic and instance models.
+"""Training loop for semantic and instance models, in one process or data-parallel under torchrun.
 
 One loop for every model. A semantic model's outputs (a tensor, or a dict with ``out`` and ``aux``) go
 to :class:`~seglab.losses.SegmentationLoss`; an instance model (the torchvision detection contract)
@@ -12,10 +12,21 @@ Nothing is lost when a run is killed: the data order is a permutation drawn per 
 ``(seed, epoch)``, and each sample's augmentation is seeded from ``(seed, epoch, index)`` (whichever
 process or worker reads it), so ``--resume`` continues from the same batch with the same augmentation,
 and the final weights equal an uninterrupted run's bit for bit on the CPU.
+
+Data-parallel (``torchrun --nproc_per_node=N -m seglab train CONFIG``): ``data.batch_size`` is the
+global batch; every rank draws the same epoch permutation and takes its contiguous slice of each global
+batch, so N processes see the same samples per step, with the same augmentation, as one process.
+The model is wrapped in DistributedDataParallel (gradients averaged over ranks); only rank 0 writes
+files; evaluation shards the val set over the ranks and sums the confusion matrices (or gathers the
+COCO results), so every rank reports the single-process metrics. Mixed precision (``train.precision``),
+gradient accumulation (``train.accumulate_steps``, an iteration is one optimiser step) and channels-last
+are options of the same loop; docs/training.md describes them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
@@ -35,6 +46,7 @@ from seglab.checkpoint import (
     save_weights,
 )
 from seglab.config import Config, save_config
+from seglab.engine import distributed as dist_utils
 from seglab.errors import ConfigError, TrainingError
 from seglab.registry import create_model, model_info
 from seglab.utils import atomic_write_text, resolve_device, seed_everything
@@ -70,11 +82,29 @@ def lr_factor(cfg: Config, it: int) -> float:
 
 
 class _EpochSampler(torch.utils.data.Sampler[int]):
-    """The permutation of epoch ``epoch`` drawn from ``seed``, starting at position ``start``."""
+    """The permutation of epoch ``epoch`` drawn from ``seed``, starting at position ``start``.
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0) -> None:
+    With ``world_size > 1`` (data-parallel) every rank draws the same permutation, cuts it into global
+    batches of ``batch_size`` (an incomplete last batch is dropped, as the DataLoader's ``drop_last``
+    does in one process) and keeps its contiguous ``batch_size / world_size`` slice of each: across the
+    ranks every sample of the complete batches is read exactly once per epoch, in the same steps as a
+    one-process run. This replaces torch's DistributedSampler, which strides over the whole epoch.
+    """
+
+    def __init__(
+        self, n: int, seed: int, epoch: int, start: int = 0, *, batch_size: int = 1, rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         self.order = torch.randperm(n, generator=g)[start:].tolist()
+        if world_size > 1:
+            if batch_size % world_size:
+                raise ConfigError(f"data.batch_size={batch_size} is not divisible by the {world_size} processes")
+            per_rank = batch_size // world_size
+            complete = len(self.order) // batch_size * batch_size
+            self.order = [
+                self.order[b + rank * per_rank + j] for b in range(0, complete, batch_size) for j in range(per_rank)
+            ]
 
     def __iter__(self):
         return iter(self.order)
@@ -123,6 +153,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 CLASS_WEIGHTINGS = ("none", "median_frequency")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOGGERS = ("jsonl", "tensorboard")
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> str:
+    """``train.precision`` checked against the device, with the deprecated ``train.amp: true`` read as bf16."""
+    precision = cfg.train.precision
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision: unknown value {precision!r}; expected one of: {', '.join(PRECISIONS)}")
+    if cfg.train.amp:
+        if precision == "fp32":
+            log.warning("train.amp is deprecated: use train.precision: bf16 (taken as bf16)")
+            precision = "bf16"
+        elif precision != "bf16":
+            raise ConfigError(f"train.amp: true (bf16) conflicts with train.precision: {precision}; "
+                              "drop train.amp (deprecated)")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: fp16 needs a CUDA device (GradScaler), got {device.type}; "
+                          "use bf16 on the CPU")
+    return precision
 
 
 def median_frequency_class_weights(dataset: Any, num_classes: int) -> torch.Tensor:
@@ -145,15 +195,43 @@ class Trainer:
         from seglab.losses import SegmentationLoss
 
         self.cfg = cfg
-        self.progress = progress
-        self.device = resolve_device(cfg.train.device)
+        t = cfg.train
+        self.dist, self.device = dist_utils.init_from_env(resolve_device(t.device))
+        self.is_main = self.dist.is_main
+        self.progress = progress and self.is_main
+        self.precision = resolve_precision(cfg, self.device)
+        if t.accumulate_steps < 1:
+            raise ConfigError(f"train.accumulate_steps must be >= 1, got {t.accumulate_steps}")
+        if t.logger not in LOGGERS:
+            raise ConfigError(f"train.logger: unknown value {t.logger!r}; expected one of: {', '.join(LOGGERS)}")
+        if cfg.data.batch_size % self.dist.world_size:
+            raise ConfigError(f"data.batch_size={cfg.data.batch_size} (the global batch) is not divisible by the "
+                              f"{self.dist.world_size} processes")
+        self.local_batch_size = cfg.data.batch_size // self.dist.world_size
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
-        seed_everything(cfg.train.seed)
+        seed_everything(t.seed)
         self.label_set = get_label_set(cfg.data.palette)
         self.task = model_info(cfg.model.name).task
         self.model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+        if t.sync_bn and self.dist.distributed:
+            if self.device.type != "cuda":
+                raise ConfigError("train.sync_bn: SyncBatchNorm runs on CUDA only in this torch version; "
+                                  "set train.sync_bn: false for CPU (gloo) runs")
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
+        if t.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # train_model runs the training forward: the DDP wrapper (gradient averaging) or the model itself
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=t.find_unused_parameters,
+            )
         self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, task=self.task)
         self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False, task=self.task)
         if len(self.train_set) < cfg.data.batch_size:
@@ -162,6 +240,8 @@ class Trainer:
             )
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(cfg, it))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self._logger = None
         self.criterion = None  # instance models compute their own losses
         if self.task != "instance":
             self.criterion = SegmentationLoss(
@@ -209,23 +289,41 @@ class Trainer:
         return meta
 
     def save_checkpoint(self) -> None:
-        """Write last_state.pt (everything ``--resume`` needs, in one atomic file), then last.safetensors."""
-        state = {
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "iteration": self.iteration,
-            "best_score": self.best_score,
-            "rng": _rng_state(),
-        }
-        save_training_state(self.ckpt_dir / "last_state.pt", state)
-        save_weights(self.ckpt_dir / "last.safetensors", state["model"], self.weights_metadata())
+        """Write last_state.pt (everything ``--resume`` needs, in one atomic file), then last.safetensors.
+
+        Distributed: every rank must call it (the RNG states of all ranks are gathered); rank 0 writes.
+        """
+        rng = _rng_state()
+        rng_per_rank = None
+        if self.dist.distributed:  # sent as torch.save bytes: tensors inside all_gather_object fail on gloo
+            buffer = io.BytesIO()
+            torch.save(rng, buffer)
+            blobs = dist_utils.all_gather_object(buffer.getvalue())
+            rng_per_rank = [torch.load(io.BytesIO(blob), weights_only=True) for blob in blobs]
+        if self.is_main:
+            state = {
+                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "iteration": self.iteration,
+                "best_score": self.best_score,
+                "rng": rng,
+            }
+            if rng_per_rank is not None:
+                state["rng_per_rank"] = rng_per_rank
+            if self.scaler.is_enabled():
+                state["scaler"] = self.scaler.state_dict()
+            save_training_state(self.ckpt_dir / "last_state.pt", state)
+            save_weights(self.ckpt_dir / "last.safetensors", state["model"], self.weights_metadata())
+        dist_utils.barrier()  # no rank reads last_state.pt (resume) before it is complete
 
     def _resume(self) -> None:
         path = self.ckpt_dir / "last_state.pt"
-        for folder in (self.ckpt_dir, self.run_dir):  # a kill during an atomic write leaves its temporary file
-            for stale in remove_stale_temp_files(folder):
-                log.info("removed %s, left by an interrupted write", stale)
+        if self.is_main:
+            for folder in (self.ckpt_dir, self.run_dir):  # a kill during an atomic write leaves its temporary file
+                for stale in remove_stale_temp_files(folder):
+                    log.info("removed %s, left by an interrupted write", stale)
+        dist_utils.barrier()
         state = load_training_state(path)
         # the weights come from the same file as the rest of the state, so a kill between the two
         # checkpoint writes cannot pair weights of one iteration with an optimiser of another
@@ -234,8 +332,16 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
         self.best_score = float(state["best_score"])
-        _set_rng_state(state["rng"])
-        self._truncate_log()
+        if self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            _set_rng_state(per_rank[self.dist.rank])
+        else:  # a single-process state, or another number of processes: every rank takes rank 0's
+            _set_rng_state(state["rng"])
+        if self.is_main:
+            self._truncate_log()
+        dist_utils.barrier()
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
     def _truncate_log(self) -> None:
@@ -255,24 +361,38 @@ class Trainer:
 
     # -- logging -----------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
+        """Keep ``record`` in ``history``; rank 0 also appends it to metrics.jsonl (and TensorBoard)."""
         self.history.append(record)
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        if not self.is_main:
+            return
+        if self._logger is None:
+            from seglab.engine.run_logger import RunLogger
+
+            self._logger = RunLogger(self.run_dir, backend=self.cfg.train.logger)
+        self._logger.log(record)
+
+    def _close_logger(self) -> None:
+        if self._logger is not None:
+            self._logger.close()
+            self._logger = None
 
     # -- loop --------------------------------------------------------------------------------------
     def _batches(self):
         """Endless batches in the per-epoch seeded order, starting where ``self.iteration`` is."""
-        bs = self.cfg.data.batch_size
+        bs = self.cfg.data.batch_size  # global: each rank reads its slice of every global batch
         per_epoch = len(self.train_set) // bs
-        epoch, start = divmod(self.iteration, per_epoch)
+        epoch, start = divmod(self.iteration * self.cfg.train.accumulate_steps, per_epoch)
         collate = None
         if self.task == "instance":
             from seglab.data.instance_transforms import collate_instances as collate
         while True:
-            sampler = _EpochSampler(len(self.train_set), self.cfg.train.seed, epoch, start * bs)
+            sampler = _EpochSampler(
+                len(self.train_set), self.cfg.train.seed, epoch, start * bs, batch_size=bs, rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            )
             loader = DataLoader(
                 _SeededSamples(self.train_set, self.cfg.train.seed, epoch),
-                batch_size=bs,
+                batch_size=self.local_batch_size,
                 sampler=sampler,
                 num_workers=self.cfg.data.workers,
                 collate_fn=collate,
@@ -299,57 +419,98 @@ class Trainer:
             ) from None
 
     def _forward_loss(self, images, targets) -> tuple[torch.Tensor, dict[str, float]]:
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp)
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
         if self.task == "instance":
             images = [im.to(self.device, non_blocking=True) for im in images]
             targets = [{k: _plain(v).to(self.device) for k, v in t.items()} for t in targets]
             with autocast:
-                losses = self.model(images, targets)
+                losses = self.train_model(images, targets)
             losses = {k: v.float() for k, v in losses.items()}
             loss = sum(losses.values())
             return loss, {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
         images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with autocast:
-            outputs = self.model(images)
+            outputs = self.train_model(images)
         outputs = {k: _to_float(v) for k, v in outputs.items()} if isinstance(outputs, dict) else outputs.float()
         return self.criterion(outputs, targets)
 
-    def train_step(self, images, targets) -> dict[str, float]:
-        """One optimiser step on a batch (semantic: image and mask tensors; instance: lists)."""
-        self.model.train()
-        loss, parts = self._forward_loss(images, targets)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss is {loss.item()} at iteration {self.iteration + 1} ({parts}); stopped, the last good "
-                f"checkpoint is {self.ckpt_dir / 'last_state.pt'} (iteration {self._saved_iteration()})"
-            )
+    def _mean_over_ranks(self, loss: torch.Tensor, parts: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """The loss and its parts averaged over the ranks (as logged); unchanged in a single process."""
+        if not self.dist.distributed:
+            return loss.item(), parts
+        values = torch.tensor([loss.item(), *parts.values()], dtype=torch.float64)
+        values = dist_utils.all_reduce_mean(values.to(self.device)).cpu().tolist()
+        return values[0], dict(zip(parts, values[1:], strict=True))
+
+    def train_step(self, micro_batches: list[tuple[Any, Any]]) -> dict[str, float]:
+        """One optimiser step over ``train.accumulate_steps`` micro-batches (semantic: image and mask
+        tensors; instance: lists); returns the loss parts averaged over micro-batches and ranks.
+
+        Each micro-batch's loss is divided by their number, so the summed gradients are those of the
+        mean loss; with DDP the gradients are averaged over the ranks at the last micro-batch only.
+        """
+        self.train_model.train()
+        steps = len(micro_batches)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        totals: dict[str, float] = {}
+        for i, (images, targets) in enumerate(micro_batches):
+            no_sync = self.dist.distributed and i < steps - 1
+            with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
+                loss, parts = self._forward_loss(images, targets)
+                value, parts = self._mean_over_ranks(loss, parts)  # NaN on any rank stops every rank
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"loss is {value} at iteration {self.iteration + 1} ({parts}); stopped, the last good "
+                        f"checkpoint is {self.ckpt_dir / 'last_state.pt'} (iteration {self._saved_iteration()})"
+                    )
+                if steps > 1:
+                    loss = loss / steps
+                self.scaler.scale(loss).backward()
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + (v / steps if steps > 1 else v)
         if self.cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
-        return parts
+        return totals
 
     def _saved_iteration(self) -> int | None:
         path = self.ckpt_dir / "last_state.pt"
         return int(load_training_state(path)["iteration"]) if path.is_file() else None
 
+    def _val_shard(self):
+        """This rank's part of the val set: every ``world_size``-th batch of ``eval.batch_size`` images,
+        so each rank's batches are exactly the batches a single process would run (same numbers)."""
+        if not self.dist.distributed:
+            return self.val_set
+        bs, n = self.cfg.eval.batch_size, len(self.val_set)
+        starts = range(self.dist.rank * bs, n, self.dist.world_size * bs)
+        return torch.utils.data.Subset(self.val_set, [i for b in starts for i in range(b, min(b + bs, n))])
+
     def evaluate(self):
-        """Validation metrics: SegMetrics (semantic) or InstanceMetrics with COCO AP (instance)."""
+        """Validation metrics: SegMetrics (semantic) or InstanceMetrics with COCO AP (instance).
+
+        Distributed: every rank must call it; each evaluates its shard, the confusion matrices are summed
+        (or the COCO results gathered), and every rank returns the single-process metrics.
+        """
         if self.task == "instance":
             from seglab.engine.coco_eval import evaluate_instances
 
-            return evaluate_instances(
+            return evaluate_instances(  # shards and gathers by itself under torch.distributed
                 self.model, self.val_set, device=self.device, batch_size=self.cfg.eval.batch_size,
-                results_dir=self.run_dir / "coco_results",
+                results_dir=self.run_dir / "coco_results" if self.is_main else None,
             )
-        from seglab.engine.evaluator import evaluate
+        from seglab.engine.evaluator import evaluate_confusion
 
         e = self.cfg.eval
-        return evaluate(
+        return evaluate_confusion(
             self.model,
-            self.val_set,
+            self._val_shard(),
             num_classes=self.cfg.model.num_classes,
             mode=e.mode,
             crop_size=tuple(e.crop_size),
@@ -360,7 +521,7 @@ class Trainer:
             device=self.device,
             batch_size=e.batch_size,
             progress=False,
-        )
+        ).all_reduce().compute()
 
     def fit(self, stop_at: int | None = None):
         """Train to ``cfg.train.iters``; returns the final validation metrics.
@@ -369,8 +530,19 @@ class Trainer:
         interrupted run would be; ``--resume`` then continues it to ``cfg.train.iters``.
         """
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            from seglab.engine.run_logger import RunLogger
+
+            self._logger = RunLogger(self.run_dir, backend=cfg.train.logger)  # fails now if tensorboard is missing
+        try:
+            return self._fit(stop_at)
+        finally:
+            self._close_logger()
+
+    def _fit(self, stop_at: int | None):
+        cfg = self.cfg
         total = cfg.train.iters
         metrics = None
         t0, start_it = time.perf_counter(), self.iteration
@@ -379,8 +551,7 @@ class Trainer:
             task = bar.add_task("train", total=total, completed=self.iteration, loss=float("nan"), lr=0.0)
             batches = self._batches()
             while self.iteration < (total if stop_at is None else min(stop_at, total)):
-                images, targets = self._next_batch(batches)
-                parts = self.train_step(images, targets)
+                parts = self.train_step([self._next_batch(batches) for _ in range(cfg.train.accumulate_steps)])
                 self.iteration += 1
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(task, advance=1, loss=parts["loss"], lr=lr)
@@ -394,19 +565,22 @@ class Trainer:
                     metrics = self.evaluate()
                     self._log({"iter": self.iteration, "split": "val", **metrics.to_dict()})
                     score_name, score = _score(metrics)
-                    if score > self.best_score:
+                    if score > self.best_score:  # the same on every rank: the metrics are global
                         self.best_score = score
-                        save_weights(
-                            self.ckpt_dir / "best.safetensors",
-                            self.model.state_dict(),
-                            {**self.weights_metadata(), score_name: score},
-                        )
+                        if self.is_main:
+                            save_weights(
+                                self.ckpt_dir / "best.safetensors",
+                                self.model.state_dict(),
+                                {**self.weights_metadata(), score_name: score},
+                            )
                 if self.iteration % cfg.train.checkpoint_interval == 0 or self.iteration in (total, stop_at):
                     self.save_checkpoint()
         if stop_at is not None and self.iteration < total:
             return metrics
         if metrics is None:  # resumed a finished run
             metrics = self.evaluate()
+        if not self.is_main:
+            return metrics
         atomic_write_text(self.run_dir / "final_metrics.json", json.dumps(metrics.to_dict(), indent=2))
         try:
             from seglab.visualize import plot_curves
@@ -470,7 +644,11 @@ def _progress_bar(enabled: bool):
 
 def train(cfg: Config, *, resume: bool = False, progress: bool = False):
     """Build a :class:`Trainer` for ``cfg`` and run it; returns the final validation metrics."""
-    return Trainer(cfg, resume=resume, progress=progress).fit()
+    trainer = Trainer(cfg, resume=resume, progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        dist_utils.cleanup()
 
 
 __all__ = ["Trainer", "build_optimizer", "lr_factor", "train"]

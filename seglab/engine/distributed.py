@@ -1,0 +1,136 @@
+"""Small helpers over ``torch.distributed`` for data-parallel training launched by torchrun.
+
+torchrun (``python -m torch.distributed.run``) starts one process per device and sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in each; :func:`init_from_env`
+reads them and joins the process group (gloo on the CPU, nccl on CUDA, one GPU per process chosen by
+``LOCAL_RANK``). Outside torchrun (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) every helper is a
+single-process no-op, so library code calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from seglab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its global rank, the number of processes and its rank on this node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def is_initialized() -> bool:
+    """Whether a process group is up (False when torch was built without distributed support)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r}: expected an integer (set by torchrun)") from None
+
+
+def init_from_env(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group described by torchrun's environment; returns this process's info and device.
+
+    ``device`` is the configured device type: on CUDA each process takes ``cuda:LOCAL_RANK`` and the
+    backend is nccl, on the CPU gloo. With ``WORLD_SIZE`` unset or 1 nothing is initialised. A group
+    already initialised by the caller (``torch.multiprocessing.spawn``) is used as it is.
+    """
+    if is_initialized():
+        info = DistInfo(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
+    else:
+        world_size = _env_int("WORLD_SIZE", 1)
+        if world_size <= 1:
+            return DistInfo(), device
+        info = DistInfo(_env_int("RANK", 0), world_size, _env_int("LOCAL_RANK", 0))
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not os.environ.get(name):
+                raise ConfigError(f"WORLD_SIZE={world_size} but {name} is not set; launch with torchrun "
+                                  "(torchrun --nproc_per_node=N -m seglab train CONFIG)")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+    if info.world_size > 1 and device.type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+        device = torch.device("cuda", info.local_rank)
+    return info, device
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 and in a single process: the process that writes files."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over ranks (a new tensor; ``values`` itself in a single process)."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return values
+    buf = values.detach().clone()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf / dist.get_world_size()
+
+
+def cleanup() -> None:
+    """Leave the process group if one is up."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+__all__ = [
+    "DistInfo",
+    "all_gather_object",
+    "all_reduce_mean",
+    "barrier",
+    "cleanup",
+    "get_rank",
+    "get_world_size",
+    "init_from_env",
+    "is_initialized",
+    "is_main",
+]
