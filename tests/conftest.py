@@ -3,9 +3,15 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_and_threads(request):
+    """Every test starts seeded and, except the slow end-to-end runs, on one intra-op thread: the inputs are
+    small, and on a shared 2-core machine thread start-up costs more than it saves."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    if "slow" not in request.keywords:
+        torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

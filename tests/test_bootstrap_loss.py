@@ -7,14 +7,6 @@ import torch.nn.functional as F
 from seglab.losses import BootstrappedCrossEntropy, SegmentationLoss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _example():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 3, 5)

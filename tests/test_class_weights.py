@@ -9,14 +9,6 @@ from seglab.errors import ConfigError
 from seglab.losses import median_frequency_weights
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(demo_root, out, **train):
     return config_from_dict({
         "name": "cw",

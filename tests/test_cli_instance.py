@@ -4,21 +4,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
 from seglab.checkpoint import read_metadata
 from seglab.cli import main
 from seglab.data.datasets.demo import generate_demo_data
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,6 @@ from seglab.convert import convert_torchvision
 from seglab.errors import CheckpointError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The images are tiny: on a shared 2-core machine, intra-op threads cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lraspp_state():
     torch.manual_seed(0)

@@ -18,14 +18,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference():
     """torchvision's maskrcnn_resnet50_fpn (plain BN, as weights=None builds it) with seeded random weights.

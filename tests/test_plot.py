@@ -17,15 +17,6 @@ from seglab.visualize import normalize_confusion, plot_run, run_class_names
 PLOTS = {"loss_lr.png", "val_miou.png", "per_class_iou.png", "confusion.png"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _write_run(run, val_extra=True, palette="demo_shapes"):
     records = []
     for it in (10, 20, 30, 40):

@@ -28,15 +28,6 @@ from seglab.convert.torchvision import convert_torchvision
 from seglab.errors import CheckpointError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _RunsShell:
     """Unpickling this object runs ``touch marker`` (os.system)."""
 

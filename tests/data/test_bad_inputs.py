@@ -22,15 +22,6 @@ VOC = get_label_set("voc")
 H, W = 12, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _label():
     label = np.zeros((H, W), np.uint8)
     label[2:6, 3:9] = 5

@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from seglab.cli import main
@@ -16,15 +15,6 @@ from seglab.data.palettes import get_label_set
 
 VOC = get_label_set("voc")
 H, W = 12, 16
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _write_pair(img_dir, lab_dir, stem, rng, size=(H, W)):

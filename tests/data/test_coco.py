@@ -16,15 +16,6 @@ from seglab.errors import ConfigError, DatasetError
 H, W = 30, 40
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def uncompressed_rle(mask: np.ndarray) -> list[int]:
     """Column-major run lengths starting with a run of zeros (the COCO convention), written out by hand."""
     flat = mask.flatten(order="F")

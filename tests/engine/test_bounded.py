@@ -14,15 +14,6 @@ from seglab.engine.trainer import Trainer
 from seglab.errors import SeglabError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _CountingModel(nn.Module):
     """A 1x1 conv plus a position-dependent term (so slide and whole differ), counting forward calls."""
 

@@ -22,15 +22,6 @@ from seglab.engine.coco_eval import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def demo_val(tmp_path_factory):
     root = generate_demo_data(tmp_path_factory.mktemp("demo"), seed=0, num_train=1, num_val=5, size=64)

@@ -21,15 +21,6 @@ from seglab.engine.trainer import Trainer, _EpochSampler
 from seglab.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def clean_root(tmp_path_factory):
     """Demo data with the 255 bands relabelled as background in the training labels: the per-rank mean

@@ -13,14 +13,6 @@ from seglab.methods.mc_dropout import mc_predict
 from seglab.registry import create_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyDropoutNet(nn.Module):
     def __init__(self, num_classes=3, dropout=0.5):
         super().__init__()

@@ -12,15 +12,6 @@ from seglab.engine.trainer import Trainer, resolve_precision
 from seglab.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def drop_ignore_pixels(root: Path) -> None:
     """Relabel the demo data's 255 bands as background: with no ignored pixels every image of a batch
     weighs the same in the mean loss, so split batches average to the full batch's gradient."""

@@ -26,15 +26,6 @@ from seglab.errors import TrainingError
 ITERS = 30
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the subprocess gets OMP_NUM_THREADS=1: same kernels, same sums
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     from seglab.data.datasets.demo import generate_demo_data

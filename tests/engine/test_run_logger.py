@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from seglab.engine.run_logger import RunLogger, tensorboard_scalars
 from seglab.errors import ConfigError
@@ -14,15 +13,6 @@ VAL = {
     "iter": 20, "split": "val", "aAcc": 0.9, "mIoU": 0.5, "fwIoU": None,
     "IoU": [0.75, None, 0.25], "confusion": [[3, 1, 0], [0, 2, 1], [1, 0, 1]],
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_jsonl_appends_one_json_line_per_record(tmp_path):

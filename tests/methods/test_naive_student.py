@@ -18,15 +18,6 @@ from seglab.methods.naive_student import make_semi_supervised_split, naive_stude
 from seglab.registry import create_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
     return generate_demo_data(tmp_path_factory.mktemp("ns_demo"), num_train=8, num_val=4, size=64)

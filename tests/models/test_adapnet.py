@@ -1,4 +1,3 @@
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -7,15 +6,6 @@ from torchvision.models import resnet50
 from seglab.model_table import count_at_paper_setting
 from seglab.models.semantic.adapnet import MultiscaleConv, adapnet
 from seglab.registry import count_parameters, model_info
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small tensors: thread start-up costs more than it saves, badly so on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_paper_setting_has_the_official_analytic_parameter_count():

@@ -15,15 +15,6 @@ REFERENCE_PARAMS = {"bisenetv1_resnet18": (13_425_721, 13_275_539), "bisenetv2":
 NUM_AUX = {"bisenetv1_resnet18": 2, "bisenetv2": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny inputs: on a shared 2-core machine, intra-op threads cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_parameter_counts_equal_coincheung(name):
     with_aux, eval_only = REFERENCE_PARAMS[name]

@@ -1,6 +1,5 @@
 """DeepLabv3's ASPP head on DeepLab v1/v2's dilated VGG16 (output stride 8): a documented design choice."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,14 +8,6 @@ from torchvision.models import vgg16
 from seglab.model_table import count_at_paper_setting
 from seglab.models.semantic.deeplabv3 import ASPP, deeplabv3_vgg16
 from seglab.registry import model_info
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_parameter_count_is_vgg16_conv_plus_deeplab_head():

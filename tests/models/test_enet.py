@@ -1,4 +1,3 @@
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -6,15 +5,6 @@ from torch import nn
 from seglab.model_table import count_at_paper_setting
 from seglab.models.semantic.enet import RegularBottleneck, enet
 from seglab.registry import count_parameters, model_info
-
-
-@pytest.fixture
-def one_thread():
-    # Small tensors: thread start-up costs more than it saves, badly so on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_paper_setting_has_the_port_parameter_count():
@@ -26,7 +16,7 @@ def test_paper_setting_has_the_port_parameter_count():
     assert all(conv.bias is None for conv in convs)
 
 
-def test_odd_input_size_gives_logits_at_the_input_size(one_thread):
+def test_odd_input_size_gives_logits_at_the_input_size():
     model = enet(num_classes=12).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 257, 383)).shape == (1, 12, 257, 383)
@@ -82,7 +72,7 @@ def test_stages_2_and_3_follow_the_paper_and_dropout_is_001_then_01():
     assert isinstance(model.stage2[1].activation, nn.PReLU) and isinstance(model.stage4[0].activation, nn.ReLU)
 
 
-def test_a_few_steps_lower_the_loss(one_thread):
+def test_a_few_steps_lower_the_loss():
     torch.manual_seed(0)
     model = enet(num_classes=3)
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))

@@ -28,15 +28,6 @@ PROPOSALS = torch.tensor(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _capture(module: nn.Module, store: dict, name: str) -> None:
     def hook(_module, args, output):
         store[name] = (args, output)

@@ -9,15 +9,6 @@ from seglab.models.semantic.frrn import FRRN, FRRU, frrn_a, frrn_b
 from seglab.registry import model_info
 
 
-@pytest.fixture
-def one_thread():
-    # Small tensors: thread start-up costs more than it saves, badly so on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(num_classes: int = 3) -> FRRN:
     """FRRN A's wiring with narrow groups, for fast CPU tests."""
     return FRRN(num_classes=num_classes, encoder=((1, 8, 2), (1, 8, 4)), decoder=((1, 8, 2),))
@@ -46,7 +37,7 @@ def test_frrn_b_adds_a_stage_at_one_32nd():
     assert a.divisor == 16 and b.divisor == 32
 
 
-def test_odd_input_size_gives_logits_at_the_input_size(one_thread):
+def test_odd_input_size_gives_logits_at_the_input_size():
     model = _tiny().eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 67, 93)).shape == (1, 3, 67, 93)
@@ -58,7 +49,7 @@ def test_odd_input_size_with_frrn_b_gives_logits_at_the_input_size():
     assert model(torch.empty(1, 3, 67, 93, device="meta")).shape == (1, 19, 67, 93)
 
 
-def test_residual_stream_stays_at_full_resolution_with_32_channels(one_thread):
+def test_residual_stream_stays_at_full_resolution_with_32_channels():
     model = _tiny().eval()
     seen = []
     for module in model.modules():
@@ -73,7 +64,7 @@ def test_residual_stream_stays_at_full_resolution_with_32_channels(one_thread):
         assert pooling[-2:] == (padded[0] // scale, padded[1] // scale)
 
 
-def test_frru_adds_the_upsampled_1x1_conv_to_the_max_pooled_residual_stream(one_thread):
+def test_frru_adds_the_upsampled_1x1_conv_to_the_max_pooled_residual_stream():
     torch.manual_seed(0)
     unit = FRRU(8, 16, scale=4).eval()
     pooling, residual = torch.randn(1, 8, 3, 5), torch.randn(1, 32, 12, 20)
@@ -91,7 +82,7 @@ def test_frru_adds_the_upsampled_1x1_conv_to_the_max_pooled_residual_stream(one_
         torch.testing.assert_close(unit(pooling, residual)[1], residual)
 
 
-def test_a_few_adam_steps_lower_the_loss(one_thread):
+def test_a_few_adam_steps_lower_the_loss():
     torch.manual_seed(0)
     model = _tiny(num_classes=3).train()
     x, target = torch.randn(2, 3, 16, 20), torch.randint(0, 3, (2, 16, 20))

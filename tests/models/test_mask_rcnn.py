@@ -19,14 +19,6 @@ from seglab.registry import count_parameters, model_info
 NAMES = ("mask_rcnn_resnet50_fpn", "mask_rcnn_resnet101_fpn", "mask_rcnn_mobilenet_v3_fpn")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_resnet50_fpn_has_torchvision_coco_parameter_count_and_keys():
     with torch.device("meta"):
         ours = mask_rcnn_resnet50_fpn()

@@ -25,15 +25,6 @@ SMALL = {  # small images, few RoIs: a few CPU seconds per step
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _image_and_target():
     image = torch.rand(3, SIZE, SIZE)
     masks = torch.zeros(2, SIZE, SIZE, dtype=torch.uint8)

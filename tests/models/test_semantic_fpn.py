@@ -12,14 +12,6 @@ from seglab.models.semantic.semantic_fpn import SemanticFPNHead, semantic_fpn_re
 from seglab.registry import model_info
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

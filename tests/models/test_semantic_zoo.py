@@ -14,14 +14,6 @@ HEAVY = 50_000_000
 SEMANTIC = seglab.list_models(task="semantic")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def demo_batch(demo_root):
     cfg = DataConfig(dataset="demo", root=str(demo_root), palette="demo_shapes", crop_size=[64, 64], workers=0)

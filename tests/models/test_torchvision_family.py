@@ -24,15 +24,6 @@ REFERENCE_PARAMS = {
 SIZES = [(1, 3, 67, 93), (1, 3, 129, 97)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The images are tiny: on a shared 2-core machine, intra-op threads cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
 def test_parameter_counts_equal_torchvision(name):
     assert model_info(name).paper_params == REFERENCE_PARAMS[name]

@@ -69,16 +69,7 @@ def test_mirror_pad_reflects_beyond_the_image_size():
     assert mirror_pad(x, 0, 0, 2, 3).shape == (1, 1, 6, 3)  # height 1: replicated
 
 
-@pytest.fixture
-def one_thread():
-    # 20 steps on 32x32 images: thread start-up costs more than it saves, badly so on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_slim_unet_overfits_a_tiny_batch(one_thread):
+def test_slim_unet_overfits_a_tiny_batch():
     torch.manual_seed(0)
     model = seglab.create_model("unet", num_classes=5, base_width=16)
     x = torch.randn(2, 3, 32, 32)

@@ -16,15 +16,6 @@ from seglab.registry import model_info
 REFERENCE_PARAMS = {"upernet_swin_t": 59_941_862, "upernet_swin_s": 81_259_766, "upernet_swin_b": 121_279_716}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The images are tiny: on a shared 2-core machine, intra-op threads cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def swin_state(tmp_path_factory):
     torch.manual_seed(0)
