@@ -1,7 +1,6 @@
 """seglab: semantic segmentation, instance segmentation and human parsing in one PyTorch API."""
 
 from seglab.errors import CheckpointError, ConfigError, DatasetError, SeglabError, TrainingError
-from seglab.registry import count_parameters, create_model, list_models, model_info, register_model
 
 __version__ = "0.1.0"
 
@@ -22,8 +21,16 @@ __all__ = [
 ]
 
 
+_REGISTRY_NAMES = ("count_parameters", "create_model", "list_models", "model_info", "register_model")
+
+
 def __getattr__(name: str):
-    # Predictor pulls in the engine; import it lazily so `import seglab` stays light.
+    # The registry, Predictor and the converters import torch; import them lazily so `import seglab` stays
+    # light and torch-free (a deployment running only seglab.export.ort needs no torch).
+    if name in _REGISTRY_NAMES:
+        from seglab import registry
+
+        return getattr(registry, name)
     if name == "load_torchvision":
         from seglab.convert.torchvision import load_torchvision
 

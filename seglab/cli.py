@@ -188,7 +188,44 @@ def _save_npy(path: Path, array) -> None:
         np.save(fh, array)
 
 
+def _cmd_export(args) -> int:
+    from seglab.export.onnx import export_weights
+
+    path = export_weights(args.onnx, args.weights, config=args.config, model_name=args.model,
+                          input_size=tuple(args.input_size), opset=args.opset)
+    print(f"{args.weights} -> {path} (opset {args.opset}; dynamic batch, height and width)")
+    return 0
+
+
+def _predict_onnx(args) -> int:
+    # torch-free: onnxruntime, NumPy and Pillow only, so a deployment can run without torch
+    import numpy as np
+
+    from seglab.data.io import read_image, write_label_png
+    from seglab.data.palettes import get_label_set
+    from seglab.export.ort import OnnxPredictor
+    from seglab.visualize import save_overlay
+
+    if args.weights or args.mode != "whole" or args.tta or args.mc_samples:
+        raise SystemExit("seglab predict: --onnx runs whole-image inference only; drop --weights, --mode slide, "
+                         "--tta and --mc-samples")
+    predictor = OnnxPredictor(args.onnx)
+    label_set = get_label_set(args.label_set or predictor.label_set or "voc")
+    out = Path(args.out)
+    for path in _image_files(args.inputs):
+        image = np.asarray(read_image(path))
+        label = predictor(image)
+        write_label_png(out / f"{path.stem}.png", label.astype(np.uint8), label_set)
+        save_overlay(out / f"{path.stem}_overlay.png", image, label, label_set.colors)
+        print(f"{path} -> {out / (path.stem + '.png')}")
+    return 0
+
+
 def _cmd_predict(args) -> int:
+    if args.onnx:
+        return _predict_onnx(args)
+    if not args.weights:
+        raise SystemExit("seglab predict: pass --weights W (a torch model) or --onnx MODEL.onnx")
     import numpy as np
 
     from seglab.checkpoint import load_weights, read_metadata
@@ -294,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="write label PNGs and overlays for images")
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", help="weights file (or --onnx)")
+    p.add_argument("--onnx", metavar="MODEL.onnx", help="run an exported ONNX file with onnxruntime (no torch)")
     p.add_argument("--out", required=True)
     p.add_argument("--model", help="model name (default: the one recorded in the weights file)")
     p.add_argument("--num-classes", type=int)
@@ -311,6 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="semantic models in whole mode: larger images are inferred by sliding window "
                         "(default 2048*2048; 0 = never)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="export a semantic model to ONNX (dynamic batch, height and width)")
+    p.add_argument("config", nargs="?", help="config YAML (default: the model recorded in the weights file)")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--onnx", required=True, metavar="MODEL.onnx", help="output ONNX file")
+    p.add_argument("--model", help="model name (overrides the config's or the weights')")
+    p.add_argument("--input-size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
+                   help="size traced (the exported graph takes any size)")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("convert", help="convert another library's checkpoint to a seglab weights file")
     convert = p.add_subparsers(dest="source", required=True)

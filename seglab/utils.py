@@ -7,9 +7,12 @@ import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported inside the functions that need it: atomic writes stay torch-free
+    import torch
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -59,10 +62,14 @@ def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so runs repeat."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
+    import torch
+
     torch.manual_seed(seed)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

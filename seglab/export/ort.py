@@ -1,0 +1,154 @@
+"""ONNX Runtime inference with the :class:`~seglab.engine.inference.Predictor` interface, without torch.
+
+An ONNX file written by :func:`seglab.export.onnx.export_onnx` carries everything needed to run it: the
+input "image" ``[B, 3, H, W]`` (RGB scaled to 0-1, minus the mean, over the std), the output "logits"
+``[B, K, H, W]``, and seglab's metadata (model name, num_classes, label_set, mean, std) as JSON strings in
+the model's ``metadata_props``. :class:`OnnxPredictor` reads them back, normalises in NumPy and runs an
+onnxruntime session, so a deployment can drop torch: this module imports only NumPy and the standard library
+at load time, onnxruntime when a predictor is created and Pillow only for PIL inputs.
+
+Whole-image inference only (no sliding window, scales or flip): that is what one exported graph does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seglab.errors import CheckpointError
+
+# The same values as seglab.data.transforms.IMAGENET_MEAN/STD (which imports torch); a test keeps them equal.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """ONNX ``metadata_props`` (string -> string) with JSON values decoded; other strings stay strings."""
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def image_array(image: Any) -> np.ndarray:
+    """One image as an ``H x W x 3`` uint8 array: from HxWx3 / HxWx4 / HxW uint8 arrays or a PIL image."""
+    if not isinstance(image, np.ndarray):
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - Pillow is a seglab dependency
+            Image = None
+        if Image is None or not isinstance(image, Image.Image):
+            raise ValueError(f"OnnxPredictor: cannot read an image of type {type(image).__name__}; expected an "
+                             "HxWx3 uint8 array or a PIL image")
+        image = np.array(image.convert("RGB") if image.mode != "RGB" else image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"OnnxPredictor: an image must be uint8 HxWx3, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"OnnxPredictor: an image must be HxWx3 uint8, got shape {image.shape}")
+    return image
+
+
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``[3, H, W]`` float32: ``(image / 255 - mean) / std``, in float32 step by step as seglab's torch path."""
+    x = image_array(image).astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Numerically stable softmax (the maximum is subtracted first), float32."""
+    z = logits.astype(np.float32) - logits.max(axis=axis, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=axis, keepdims=True)
+    return z
+
+
+class OnnxPredictor:
+    """Whole-image segmentation with an ONNX file: ``OnnxPredictor("model.onnx")(image) -> H x W labels``.
+
+    ``image`` is an HxWx3 uint8 array (grey and RGBA are converted) or a PIL image. ``metadata`` holds the
+    seglab metadata stored at export (``model``, ``num_classes``, ``label_set``, ``mean``, ``std``, ...);
+    files without it are run with the ImageNet mean/std.
+    """
+
+    def __init__(self, path: str | Path, *, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ImportError("OnnxPredictor needs onnxruntime: pip install 'seglab[onnx]' "
+                              "(or pip install onnxruntime)") from None
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: no such ONNX file")
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own (non-exported) error classes
+            raise CheckpointError(f"{self.path}: onnxruntime cannot load it as an ONNX model ({exc})") from None
+        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            got = [(i.name, i.shape) for i in inputs]
+            raise CheckpointError(f"{self.path}: expected one input image [B, 3, H, W], got {got}")
+        self.input_name = inputs[0].name
+        self.output_name = OUTPUT_NAME if OUTPUT_NAME in [o.name for o in outputs] else outputs[0].name
+        self.mean = tuple(float(v) for v in self.metadata.get("mean", IMAGENET_MEAN))
+        self.std = tuple(float(v) for v in self.metadata.get("std", IMAGENET_STD))
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise CheckpointError(f"{self.path}: metadata 'mean' and 'std' must be 3 numbers each, got "
+                                  f"{self.mean} and {self.std}")
+
+    @property
+    def num_classes(self) -> int | None:
+        value = self.metadata.get("num_classes")
+        return int(value) if value is not None else None
+
+    @property
+    def label_set(self) -> str | None:
+        return self.metadata.get("label_set")
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """The model's logits ``[B, K, H, W]`` (float32) for a normalised batch ``[B, 3, H, W]``."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        if out.ndim != 4 or out.shape[0] != batch.shape[0] or out.shape[-2:] != batch.shape[-2:]:
+            raise ValueError(f"{self.path}: output must be logits [B, K, H, W] at the input's size "
+                             f"{tuple(batch.shape[-2:])}, got {out.shape}")
+        return out.astype(np.float32, copy=False)
+
+    def predict_probs(self, image: Any) -> np.ndarray:
+        """Class probabilities ``[K, H, W]`` (float32, softmax of the logits) for one image."""
+        return softmax(self.logits(normalize(image, self.mean, self.std)[None])[0], axis=0)
+
+    def __call__(self, image: Any) -> np.ndarray:
+        """Labels ``H x W`` (int64) for one image: the argmax of :meth:`predict_probs`, as the Predictor's."""
+        return self.predict_probs(image).argmax(axis=0).astype(np.int64)
+
+    def predict_batch(self, images: Sequence[Any], batch_size: int = 8) -> list[np.ndarray]:
+        """Labels for each image; up to ``batch_size`` consecutive images of one size run together."""
+        inputs = [normalize(image, self.mean, self.std) for image in images]
+        labels: list[np.ndarray] = []
+        start = 0
+        while start < len(inputs):
+            stop = start + 1
+            while stop < len(inputs) and stop - start < batch_size and inputs[stop].shape == inputs[start].shape:
+                stop += 1
+            probs = softmax(self.logits(np.stack(inputs[start:stop])), axis=1)
+            labels.extend(probs.argmax(axis=1).astype(np.int64))
+            start = stop
+        return labels
+
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "OnnxPredictor", "decode_metadata", "image_array", "normalize", "softmax"]
