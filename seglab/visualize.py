@@ -218,6 +218,21 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return xs, ys
 
 
+def _draw_loss_lr(ax: Any, train: list[dict[str, Any]], title: str) -> None:
+    """Train loss on ``ax`` and the learning rate on a twin axis at the right."""
+    xs, ys = _series(train, "loss")
+    ax.plot(xs, ys, color="tab:blue", label="train loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax.set_title(title)
+    xs, ys = _series(train, "lr")
+    if xs:
+        ax_lr = ax.twinx()
+        ax_lr.plot(xs, ys, color="tab:orange", linestyle="--", label="lr")
+        ax_lr.set_ylabel("learning rate", color="tab:orange")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+
+
 def plot_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
     """Draw a run's metrics.jsonl: train loss (and lr) and val mIoU (and aAcc) against iteration.
 
@@ -234,17 +249,7 @@ def plot_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
     FigureCanvasAgg(fig)
     ax_loss, ax_val = fig.subplots(1, 2)
 
-    xs, ys = _series(train, "loss")
-    ax_loss.plot(xs, ys, color="tab:blue", label="train loss")
-    ax_loss.set_xlabel("iteration")
-    ax_loss.set_ylabel("loss", color="tab:blue")
-    ax_loss.set_title("training")
-    xs, ys = _series(train, "lr")
-    if xs:
-        ax_lr = ax_loss.twinx()
-        ax_lr.plot(xs, ys, color="tab:orange", linestyle="--", label="lr")
-        ax_lr.set_ylabel("learning rate", color="tab:orange")
-        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    _draw_loss_lr(ax_loss, train, "training")
     if not train:
         ax_loss.text(0.5, 0.5, "no training records", ha="center", va="center", transform=ax_loss.transAxes)
 
@@ -316,16 +321,7 @@ def plot_loss_lr(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
     if not xs:
         raise ValueError(f"{metrics_jsonl}: no train record with a numeric 'loss' to plot")
     fig, ax = _new_figure(7, 4)
-    ax.plot(xs, ys, color="tab:blue", label="train loss")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss", color="tab:blue")
-    ax.set_title("training loss and learning rate")
-    xs, ys = _series(train, "lr")
-    if xs:
-        ax_lr = ax.twinx()
-        ax_lr.plot(xs, ys, color="tab:orange", linestyle="--", label="lr")
-        ax_lr.set_ylabel("learning rate", color="tab:orange")
-        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    _draw_loss_lr(ax, train, "training loss and learning rate")
     return _save_figure(fig, out_png)
 
 
