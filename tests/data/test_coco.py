@@ -181,6 +181,15 @@ def test_unknown_category_raises(tmp_path):
         COCOInstances(ann_file, image_dir)
 
 
+@pytest.mark.parametrize(("field", "value"), [("area", None), ("area", -1.0), ("iscrowd", 2)])
+def test_bad_area_or_iscrowd_raises_naming_the_field(tmp_path, field, value):
+    """Found by the long fuzz run: an 'area' of null crashed item loading with a TypeError."""
+    ann_file, image_dir, data, _ = make_coco(tmp_path)
+    rewrite(ann_file, data, lambda d: d["annotations"][0].update({field: value}))
+    with pytest.raises(DatasetError, match=rf"instances_val2017\.json: annotation 11: field '{field}'"):
+        COCOInstances(ann_file, image_dir)
+
+
 def test_degenerate_annotations_are_skipped_and_counted(tmp_path):
     ann_file, image_dir, data, _ = make_coco(tmp_path)
 

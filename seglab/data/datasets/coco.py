@@ -172,6 +172,9 @@ def _scan(data: dict[str, Any], ann_file: Path, image_dir: Path, report: Report)
         if ann.get("iscrowd", 0) not in (0, 1):
             report("bad_annotation", where, f"field 'iscrowd' must be 0 or 1, got {ann.get('iscrowd')!r}", True)
             continue
+        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+            report("bad_annotation", where, f"field 'area' must be a number >= 0, got {ann['area']!r}", True)
+            continue
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             report("bad_bbox", where, f"field 'bbox' must be [x, y, width, height] numbers, got {bbox!r}", True)
