@@ -60,4 +60,5 @@ def results_markdown(path: Path = RESULTS_FILE) -> str:
         "|---|---|---|---|---|---|---|",
         f"| `{r['model']}` | {r['segm_AP']:.3f} | {r['segm_AP50']:.3f} | {r['segm_AP75']:.3f} | {r['bbox_AP']:.3f} "
         f"| {r['bbox_AP50']:.3f} | {r['train_seconds']:.0f} |",
+        *(["", data["note"]] if data.get("note") else []),
     ]) + "\n"
