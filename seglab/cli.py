@@ -257,7 +257,7 @@ def _cmd_predict(args) -> int:
         predictor = Predictor(
             model, mode=args.mode, crop_size=crop, stride=tuple(c * 2 // 3 for c in crop), scales=scales,
             flip=flip, flip_pairs=label_set.flip_pairs, mc_samples=args.mc_samples,
-            max_whole_pixels=args.max_whole_pixels or None,
+            max_whole_pixels=args.max_whole_pixels or None, precision=args.precision, backend=args.backend,
         )
     except ValueError as exc:
         raise SystemExit(f"seglab predict: {exc}") from None
@@ -348,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-whole-pixels", type=int, default=2048 * 2048,
                    help="semantic models in whole mode: larger images are inferred by sliding window "
                         "(default 2048*2048; 0 = never)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="torch backend: bf16 autocast where the CPU supports it (default fp32)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="torch (on CPU: BatchNorm folded, channels-last) or onnxruntime (exports to a temporary ONNX)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="export a semantic model to ONNX (dynamic batch, height and width)")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -283,11 +284,19 @@ class Predictor:
     ``max_whole_pixels`` bounds memory: in whole mode an image (at any scale) larger than this many
     pixels is inferred by sliding window with ``crop_size``/``stride`` (None: always whole). Monte
     Carlo dropout always runs whole images.
+
+    The fast path (seglab.engine.fast): ``backend="torch"`` with ``fast=True`` (the default) runs, on the CPU, a
+    copy of a model that has BatchNorm layers with them folded into the convolutions and channels-last tensors
+    (fp32 results equal eager ones up to float rounding; a model without BatchNorm runs as given);
+    ``precision="bf16"`` adds bf16 autocast where the device supports it
+    (fp32 with a warning elsewhere), softmax in float32. ``backend="onnxruntime"`` exports the model to a
+    temporary ONNX file (or takes ``model`` as the path of one) and runs it with onnxruntime on the CPU, fp32.
+    ``self.model`` is the module that runs (the original model moved to ``device`` when nothing applies).
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | str | Path,
         *,
         mode: str = "whole",
         crop_size: tuple[int, int] = (512, 512),
@@ -300,7 +309,14 @@ class Predictor:
         mc_samples: int = 0,
         mc_seed: int | None = None,
         max_whole_pixels: int | None = DEFAULT_MAX_WHOLE_PIXELS,
+        precision: str = "fp32",
+        fast: bool = True,
+        backend: str = "torch",
     ) -> None:
+        from seglab.engine.fast import BACKENDS, OnnxRuntimeModule, prepare_fast, resolve_precision
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         if tta:
             tta_flip, tta_scales = parse_tta(tta)
             flip = flip or tta_flip
@@ -310,8 +326,28 @@ class Predictor:
         self.max_whole_pixels = check_max_whole_pixels(max_whole_pixels)
         self.flip = bool(flip)
         self.flip_pairs = tuple((int(a), int(b)) for a, b in flip_pairs)
-        self.device = torch.device(device) if device is not None else model_device(model)
-        self.model = model.to(self.device).eval()
+        if backend == "onnxruntime":
+            if precision != "fp32" or mc_samples:
+                raise ValueError(f"backend='onnxruntime' runs fp32 without Monte Carlo dropout; got precision="
+                                 f"{precision!r}, mc_samples={mc_samples!r}")
+            if device is not None and torch.device(device).type != "cpu":
+                raise ValueError(f"backend='onnxruntime' runs on the CPU; got device={device!r}")
+            self.device = torch.device("cpu")
+            self.precision = "fp32"
+            self.model = OnnxRuntimeModule(model.cpu().eval() if isinstance(model, nn.Module) else model)
+        else:
+            if not isinstance(model, nn.Module):
+                raise ValueError(f"backend='torch' needs an nn.Module, got {type(model).__name__}; for an ONNX "
+                                 "file use backend='onnxruntime'")
+            self.device = torch.device(device) if device is not None else model_device(model)
+            self.model = model.to(self.device).eval()
+            self.precision = resolve_precision(precision, self.device)
+            # fast: models with BatchNorm only; others (no fold) keep running as the caller's own object
+            on_cpu = self.device.type == "cpu" and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+            if (fast and on_cpu) or self.precision == "bf16":
+                self.model = prepare_fast(self.model, precision=self.precision, channels_last=bool(fast and on_cpu),
+                                          fold_bn=bool(fast and on_cpu))
+        self.backend = backend
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 0:
             raise ValueError(f"mc_samples must be a non-negative integer, got {mc_samples!r}")
         self.mc_samples = int(mc_samples)

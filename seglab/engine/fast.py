@@ -1,0 +1,242 @@
+"""The fast inference path: BatchNorm folded into convolutions, channels-last, bf16 autocast, ONNX Runtime.
+
+What the :class:`~seglab.engine.inference.Predictor` and ``seglab predict`` run by default on the CPU (issue 7,
+item 2). Each step keeps the model's function; only float rounding changes:
+
+- :func:`fold_batchnorm`: a copy of the model in eval mode in which every ``BatchNorm2d`` that directly
+  consumes a ``Conv2d``'s output (and is that output's only user) is folded into the conv's weight and bias
+  (``torch.nn.utils.fusion.fuse_conv_bn_eval``) and replaced by ``nn.Identity``: one pass over the feature map
+  less per conv. The pairs are found with ``torch.fx.symbolic_trace`` on the copy, so the graph proves that the
+  BN reads the conv directly; the folding is done in place in the copy, which keeps the model's class (its
+  methods, attributes, ONNX export and train-mode dict outputs stay as they were). A model fx cannot trace
+  (control flow on tensor values) falls back to a module walk that folds only pairs whose order is certain:
+  consecutive ``(Conv2d, BatchNorm2d)`` children of an ``nn.Sequential`` (seglab's ConvBNAct, torchvision's
+  Conv2dNormActivation, ResNet's downsample) and torchvision ResNet blocks' ``convN``/``bnN``. Shared convs
+  (called more than once), BNs without running statistics and BNs in training mode are never folded.
+- :func:`prepare_fast`: folding, then channels-last weights and inputs (oneDNN's preferred layout on CPU), and
+  with ``precision="bf16"`` ``torch.autocast(dtype=torch.bfloat16)`` around the forward, the logits returned
+  as float32 so softmax and argmax run in float32. bf16 is used only where the CPU supports it
+  (:func:`bf16_supported`), else fp32 with a warning.
+- :class:`OnnxRuntimeModule`: an onnxruntime session (from an ONNX file or a model exported to a temporary
+  one with :func:`seglab.export.onnx.export_onnx`) behind an ``nn.Module`` forward, so whole, slide, scales
+  and flip inference run through the same :func:`~seglab.engine.inference.infer_probs`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("torch", "onnxruntime")
+
+
+def count_batchnorm(model: nn.Module) -> int:
+    """The number of ``BatchNorm2d`` modules in ``model``."""
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and type(bn) is nn.BatchNorm2d
+        and not bn.training
+        and not conv.training
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and bn.num_features == conv.out_channels
+    )
+
+
+def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:
+    """``(conv_name, bn_name)`` pairs where the graph applies the BN directly to the conv's only output use."""
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        if len(node.args) != 1 or node.kwargs:
+            continue
+        source = node.args[0]
+        if not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) != 1:
+            continue
+        if calls[source.target] != 1 or calls[node.target] != 1:
+            continue  # a shared module: folding would change its other uses
+        if _foldable(modules[source.target], modules[node.target]):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def _pairs_walk(model: nn.Module) -> list[tuple[str, str]]:
+    """The pairs whose order is known without tracing (see the module docstring)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    pairs = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for (conv_name, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
+                if _foldable(conv, bn):
+                    pairs.append((prefix + conv_name, prefix + bn_name))
+        elif type(module) in (BasicBlock, Bottleneck):
+            for i in (1, 2, 3):
+                conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+                if conv is not None and bn is not None and _foldable(conv, bn):
+                    pairs.append((f"{prefix}conv{i}", f"{prefix}bn{i}"))
+    # a module reachable under two names is shared: skip it
+    seen: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        seen[id(module)] = seen.get(id(module), 0) + 1
+    modules = dict(model.named_modules())
+    return [(c, b) for c, b in pairs if seen[id(modules[c])] == 1 and seen[id(modules[b])] == 1]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with each BatchNorm2d that directly follows a Conv2d folded into it.
+
+    The folded BNs become ``nn.Identity``; the original model is not modified. The returned model records
+    how many were folded in its ``folded_batchnorm`` attribute and how they were found (``"fx"`` or
+    ``"walk"``) in ``fold_method``. See the module docstring for which pairs are folded.
+    """
+    folded = copy.deepcopy(model).eval()
+    try:
+        pairs, method = _pairs_fx(folded), "fx"
+    except Exception as exc:  # fx raises TraceError, TypeError, ... on data-dependent control flow
+        log.info("fold_batchnorm: torch.fx cannot trace %s (%s: %s); folding by module walk instead",
+                 type(model).__name__, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        pairs, method = _pairs_walk(folded), "walk"
+    for conv_name, bn_name in pairs:
+        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        _set_submodule(folded, conv_name, fuse_conv_bn_eval(conv, bn))
+        _set_submodule(folded, bn_name, nn.Identity())
+    folded.folded_batchnorm = len(pairs)
+    folded.fold_method = method
+    log.info("fold_batchnorm: folded %d of %d BatchNorm2d in %s (%s)", len(pairs), count_batchnorm(model),
+             type(model).__name__, method)
+    return folded
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU runs bf16 convolutions and matrix products natively (oneDNN's check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """``precision`` validated; ``"bf16"`` becomes ``"fp32"`` (with a warning) where the device lacks bf16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "bf16":
+        kind = torch.device(device).type
+        ok = bf16_supported() if kind == "cpu" else (kind == "cuda" and torch.cuda.is_bf16_supported())
+        if not ok:
+            log.warning("precision='bf16': this %s does not support bf16; running in fp32", kind.upper())
+            return "fp32"
+    return precision
+
+
+def _to_float(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {k: _to_float(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float(v) for v in out)
+    return out
+
+
+class FastModule(nn.Module):
+    """``inner`` run with channels-last inputs and (for bf16) under autocast; floating outputs in float32."""
+
+    def __init__(self, inner: nn.Module, *, precision: str = "fp32", channels_last: bool = True) -> None:
+        super().__init__()
+        self.inner = inner
+        self.precision = precision
+        self.channels_last = channels_last
+
+    def forward(self, images: torch.Tensor) -> Any:
+        if self.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16":
+            with torch.autocast(images.device.type, dtype=torch.bfloat16):
+                return _to_float(self.inner(images))
+        return self.inner(images)
+
+
+def prepare_fast(
+    model: nn.Module, *, precision: str = "fp32", channels_last: bool = True, fold_bn: bool = True
+) -> nn.Module:
+    """A copy of ``model`` for fast inference (eval mode): BN folded, channels-last, bf16 autocast if asked.
+
+    Returns a :class:`FastModule` wrapping the (folded) copy; ``model`` itself is not modified.
+    """
+    from seglab.engine.inference import model_device
+
+    precision = resolve_precision(precision, model_device(model))
+    inner = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    if channels_last:
+        inner = inner.to(memory_format=torch.channels_last)
+    return FastModule(inner, precision=precision, channels_last=channels_last).eval()
+
+
+class OnnxRuntimeModule(nn.Module):
+    """An onnxruntime session behind ``forward(images [B, 3, H, W]) -> logits [B, K, H, W]`` (CPU, float32).
+
+    ``source`` is an ONNX file written by :func:`seglab.export.onnx.export_onnx` or a torch model, exported
+    to a temporary file (traced at ``input_size``; height and width stay dynamic) that is deleted once the
+    session has loaded it.
+    """
+
+    def __init__(self, source: nn.Module | str | Path, *, input_size: Sequence[int] = (512, 512)) -> None:
+        super().__init__()
+        from seglab.export.ort import OnnxPredictor
+
+        if isinstance(source, nn.Module):
+            from seglab.export.onnx import export_onnx
+
+            with tempfile.TemporaryDirectory(prefix="seglab-ort-") as tmp:
+                path = export_onnx(source, Path(tmp) / "model.onnx", input_size=tuple(input_size))
+                self.predictor = OnnxPredictor(path)
+        else:
+            self.predictor = OnnxPredictor(source)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.predictor.logits(images.detach().cpu().float().numpy())
+        return torch.from_numpy(logits).to(images.device)
+
+
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "FastModule",
+    "OnnxRuntimeModule",
+    "bf16_supported",
+    "count_batchnorm",
+    "fold_batchnorm",
+    "prepare_fast",
+    "resolve_precision",
+]
