@@ -1,0 +1,107 @@
+"""The CPU benchmark suite (benchmarks/): its helpers against hand-computed values, and the runner's smoke mode
+end to end. No test asserts a time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmarks import common, evaluator, inference
+from benchmarks.run import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_interleaved_runs_in_turn_and_drops_warmup():
+    calls: list[str] = []
+    times = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=2)
+    assert calls == ["a", "b"] * 5
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_summary_median_and_iqr():
+    assert common.summary([5.0, 1.0, 3.0, 2.0, 4.0]) == (3.0, 2.0)  # q1 2, q3 4
+    median, iqr = common.summary([1.0, 2.0, 3.0, 4.0])  # linear interpolation: q1 1.75, q3 3.25
+    assert median == 2.5 and iqr == pytest.approx(1.5)
+    assert common.fmt_ms([0.001, 0.002, 0.003]) == "2.0 (1.0)"
+    assert common.fmt_ms(None) == "-"
+
+
+def test_count_flops_counts_two_per_multiply_add():
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert common.count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1, bias=False)
+    x = torch.randn(1, 3, 6, 6)
+    assert common.count_flops(lambda: conv(x)) == 2 * 5 * 6 * 6 * 3 * 3 * 3
+
+
+def test_matmul_ceiling_is_two_n_cubed_over_the_median():
+    gflops, times = common.matmul_ceiling(torch.float32, n=64, reps=3)
+    assert len(times) == 3
+    assert gflops == pytest.approx(2 * 64**3 / common.summary(times)[0] / 1e9)
+
+
+def test_evaluator_miou_by_hand():
+    # kept pixels (gt, pred): (0,0) (0,1) (1,1) (1,1) (2,2); IoU 1/2, 2/3, 1; absent classes left out
+    target = torch.tensor([[[0, 0, 1], [1, 255, 2]]], dtype=torch.uint8)
+    pred = torch.tensor([[[0, 1, 1], [1, 0, 2]]], dtype=torch.uint8)
+    expected = (1 / 2 + 2 / 3 + 1) / 3
+    assert evaluator.miou_numpy(pred, target) == pytest.approx(expected, abs=1e-12)
+    assert evaluator.miou_seglab(pred, target) == pytest.approx(expected, abs=1e-12)
+
+
+def test_evaluator_data_has_ignore_pixels_and_every_class():
+    pred, target = evaluator.make_data(2, 64)
+    assert pred.dtype == target.dtype == torch.uint8
+    ignored = float((target == evaluator.IGNORE).double().mean())
+    assert 0.03 < ignored < 0.07
+    assert set(torch.unique(target).tolist()) == {*range(evaluator.NUM_CLASSES), evaluator.IGNORE}
+    assert int(pred.max()) < evaluator.NUM_CLASSES
+
+
+def test_evaluator_three_methods_agree():
+    rows = evaluator.run(reps=1, threads=1, smoke=True)
+    assert [r["method"] for r in rows] == list(evaluator.METHODS)
+    mious = [r["miou"] for r in rows]
+    assert all(not math.isnan(m) for m in mious)
+    assert max(mious) - min(mious) < 1e-6
+    # predictions equal the target on ~70% of pixels (+ 1/21 of the rest): the IoU is well below 1 and above 1/2
+    assert 0.5 < mious[0] < 0.8
+    assert all(r["pixels"] == 2 * 64 * 64 for r in rows)
+
+
+def test_check_same_rejects_different_outputs():
+    inference._check_same("m", torch.ones(2, 3), torch.ones(2, 3))
+    with pytest.raises(AssertionError, match="m"):
+        inference._check_same("m", torch.zeros(2, 3), torch.ones(2, 3))
+
+
+def test_smoke_run_end_to_end(tmp_path):
+    out = tmp_path / "bench.md"
+    text = main(["--smoke", "--threads", "1", "--out", str(out)])
+    assert out.read_text() == text
+    assert text.startswith("# CPU benchmarks")
+    assert "`python -m benchmarks.run --smoke --threads 1 --out " in text
+    assert f"torch {torch.__version__}" in text
+    for heading in ("## Inference latency", "Matrix-product ceiling", "## Evaluator throughput",
+                    "## Data pipeline throughput", "## Chart"):
+        assert heading in text
+    for model in ("lraspp_mobilenet_v3_large", "mask_rcnn_resnet50_fpn", "unet", "enet"):
+        assert f"| {model} | 64x64 | 1 |" in text
+    assert "| lraspp_mobilenet_v3_large | 64x64 | 1 | " in text and "| torchvision |" in text and "| smp |" in text
+    for method in evaluator.METHODS:
+        assert f"| {method} |" in text
+    assert "| 0 |" in text and "| 2 |" in text
+    png = tmp_path / "bench.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![benchmarks](bench.png)" in text
