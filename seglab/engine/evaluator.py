@@ -111,17 +111,30 @@ class ConfusionMatrix:
             raise ValueError("ConfusionMatrix.update: pred and target must be integer class indices "
                              "(take argmax of the scores first)")
         c = self.num_classes
+        if target.device.type == "cpu" and pred.device.type == "cpu":
+            # NumPy's bincount and boolean indexing are several times faster than torch's on the CPU
+            # (benchmarks/evaluator.py); the counts are the same
+            gt = target.reshape(-1).numpy().astype(np.int64)
+            pr = pred.reshape(-1).numpy().astype(np.int64)
+            keep = (gt != self.ignore_index) & (gt >= 0) & (gt < c)
+            gt, pr = gt[keep], pr[keep]
+            self._check_predictions(pr.min() if pr.size else 0, pr.max() if pr.size else 0)
+            counts = np.bincount(c * gt + pr, minlength=c * c).reshape(c, c)
+            self.hist += torch.from_numpy(counts)
+            return
         gt = target.reshape(-1).to(torch.int64)
         pr = pred.reshape(-1).to(gt.device, torch.int64)
         keep = (gt != self.ignore_index) & (gt >= 0) & (gt < c)
         gt, pr = gt[keep], pr[keep]
         if pr.numel():
-            low, high = (int(v) for v in torch.aminmax(pr))
-            if low < 0 or high >= c:
-                raise ValueError(f"ConfusionMatrix.update: predictions must lie in [0, {c}), got values "
-                                 f"from {low} to {high}")
+            self._check_predictions(*(int(v) for v in torch.aminmax(pr)))
         counts = torch.bincount(c * gt + pr, minlength=c * c).reshape(c, c)
         self.hist += counts.cpu()
+
+    def _check_predictions(self, low: int, high: int) -> None:
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(f"ConfusionMatrix.update: predictions must lie in [0, {self.num_classes}), got values "
+                             f"from {low} to {high}")
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add ``other``'s counts into this matrix (in place); returns self."""
