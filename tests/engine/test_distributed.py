@@ -54,6 +54,22 @@ def config_dict(root: Path, out: Path, name: str) -> dict:
     }
 
 
+def torchrun_train(cfg_path: Path, timeout: float) -> None:
+    """``torchrun --standalone --nproc_per_node=2 -m seglab train CFG`` (gloo, one thread per process); on a
+    timeout torchrun and its workers are killed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "seglab", "train", str(cfg_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, output.decode()[-4000:]
+
+
 def test_sampler_shards_each_global_batch():
     n, batch, seed = 11, 4, 3
     single = _EpochSampler(n, seed, epoch=2).order
@@ -76,17 +92,7 @@ def test_sampler_shards_each_global_batch():
 def test_two_processes_equal_one_process(clean_root, tmp_path):
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump(config_dict(clean_root, tmp_path, "ddp")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "seglab", "train", str(cfg_path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:  # timed out: stop torchrun and its workers
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, output.decode()[-4000:]
+    torchrun_train(cfg_path, timeout=180)
 
     single = Trainer(config_from_dict(config_dict(clean_root, tmp_path, "single")))
     start = {k: v.clone() for k, v in single.model.state_dict().items()}
@@ -167,17 +173,7 @@ def test_two_process_instance_training_gathers_coco_results(tmp_path):
     }
     cfg_path = tmp_path / "instance.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "seglab", "train", str(cfg_path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, output.decode()[-4000:]
+    torchrun_train(cfg_path, timeout=240)
     run = tmp_path / "ddp_instance"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if "loss_mask" in r] == [1, 2]
