@@ -24,9 +24,13 @@ metadata says ``task: "instance"``. Checked with torch 2.14 / torchvision's expo
 ``mask_rcnn_resnet50_fpn`` exports and onnxruntime's boxes match PyTorch's to ~2e-3 px on a 128 x 128 input.
 Only the input size traced is supported; :class:`OnnxPredictor` runs semantic files only.
 
-What does not export at opset 17 with dynamic sizes (the slow sweep in tests/test_export_onnx.py records it):
-ENet, SegNet and Bayesian SegNet (``max_unpool2d``: torch's exporter has no symbolic for it) and UperNet Swin
-(``adaptive_avg_pool2d`` of the pyramid pooling module: ONNX cannot express it for a dynamic input size).
+Every semantic model exports at opset 17 with dynamic sizes. The two operators torch's exporter cannot convert
+are avoided by the models themselves, with equal results: ENet and (Bayesian) SegNet unpool with
+:func:`seglab.models.layers.max_unpool2d` (a scatter: ONNX ``ScatterElements``; torch has no ``max_unpool2d``
+symbolic), UperNet's pyramid pooling uses :func:`seglab.models.layers.adaptive_avg_pool2d` (products with
+averaging matrices computed from the traced size; ``aten::adaptive_avg_pool2d`` only converts for a static
+input size that the output size divides). The slow sweep in tests/test_export_onnx.py checks every semantic and
+parsing model.
 
 torch is imported inside the functions only, so importing this module (or :mod:`seglab.export`) stays
 torch-free.

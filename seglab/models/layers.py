@@ -91,3 +91,62 @@ def pad_to_multiple(x: Tensor, multiple: int, mode: str = "constant") -> Tensor:
     models crop their logits back to the input size. ``mode`` is F.pad's (zeros by default)."""
     h, w = x.shape[-2:]
     return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode=mode)
+
+
+def max_unpool2d(x: Tensor, indices: Tensor, output_size: tuple[int, ...] | torch.Size) -> Tensor:
+    """``F.max_unpool2d`` written as a scatter: each value of ``x`` goes to its flattened per-channel index in a
+    zero ``[B, C, H * W]`` tensor (``output_size`` gives H, W; extra leading entries are ignored).
+
+    Why: torch's TorchScript ONNX exporter has no symbolic for ``max_unpool2d``; a scatter exports as ONNX
+    ``ScatterElements`` with dynamic sizes. The result equals ``F.max_unpool2d`` exactly (same values placed at
+    the same positions, zeros elsewhere), and the gradient is the same gather.
+    """
+    height, width = output_size[-2], output_size[-1]
+    flat = x.new_zeros(x.shape[0], x.shape[1], height * width)
+    flat.scatter_(2, indices.flatten(2), x.flatten(2))  # in place on a fresh tensor: no copy of the zeros
+    return flat.view(x.shape[0], x.shape[1], height, width)
+
+
+def _adaptive_pool_matrix(size: int | Tensor, bins: int, like: Tensor) -> Tensor:
+    """``[bins, size]`` averaging matrix of adaptive pooling along one axis: row ``i`` is ``1 / (end - start)``
+    on ``[start, end)``, with torch's bin edges ``start = floor(i * size / bins)``, ``end = ceil((i + 1) * size /
+    bins)``. Computed with tensor ops from ``size`` so a traced ``size`` stays dynamic in an exported graph."""
+    positions = torch.arange(size, device=like.device)
+    i = torch.arange(bins, device=like.device)
+    start = torch.div(i * size, bins, rounding_mode="floor")
+    end = torch.div((i + 1) * size + bins - 1, bins, rounding_mode="floor")
+    inside = (positions[None, :] >= start[:, None]) & (positions[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+def adaptive_avg_pool2d(x: Tensor, output_size: int | tuple[int, int]) -> Tensor:
+    """``F.adaptive_avg_pool2d`` as two products with averaging matrices (see :func:`_adaptive_pool_matrix`):
+    ``P_h @ x @ P_w^T``, with torch's bin edges computed from ``x``'s (possibly traced) size.
+
+    Why: the ONNX exporter converts adaptive pooling only when the output size divides a static input size;
+    this formulation exports as ``MatMul`` with dynamic height and width. It equals ``F.adaptive_avg_pool2d`` to
+    float rounding (the same bins and weights; the sums are taken in another order).
+    """
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    if out_h == out_w == 1:  # one bin: the mean (a single fast reduction, ReduceMean in ONNX)
+        return x.mean(dim=(-2, -1), keepdim=True)
+    pool_h = _adaptive_pool_matrix(x.shape[-2], out_h, x)
+    pool_w = _adaptive_pool_matrix(x.shape[-1], out_w, x)
+    return pool_h @ x @ pool_w.transpose(0, 1)
+
+
+class MaxUnpool2d(nn.MaxUnpool2d):
+    """``nn.MaxUnpool2d`` (same arguments, same result) computed by :func:`max_unpool2d`, so it exports to ONNX.
+
+    ``output_size`` is required: the models always pass the pre-pool size."""
+
+    def forward(self, input: Tensor, indices: Tensor, output_size: tuple[int, ...] | torch.Size) -> Tensor:  # noqa: A002
+        return max_unpool2d(input, indices, output_size)
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` (same arguments, same result) computed by :func:`adaptive_avg_pool2d`, so it
+    exports to ONNX with a dynamic input size. ``None`` in ``output_size`` (keep the input size) is not supported."""
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+        return adaptive_avg_pool2d(input, self.output_size)

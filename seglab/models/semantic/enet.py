@@ -24,7 +24,9 @@ Faithful:
 Deviations: the input is replicate-padded at the bottom/right to a multiple of 8 and the logits cropped back,
 so any size works (the unpooling needs the sizes of the encoder to halve exactly). The port's initial block
 uses a 3x3 stride-2 max-pool (padding 1); here it is the paper's and the Torch code's 2x2 pool (no parameters
-either way). Weight initialisation is PyTorch's default.
+either way). Weight initialisation is PyTorch's default. The unpooling is
+:class:`seglab.models.layers.MaxUnpool2d` (``nn.MaxUnpool2d`` computed as a scatter, the same values and
+gradients) so the model exports to ONNX.
 
 Parameters at 12 classes (CamVid, ``sum(p.numel())``): 350,652, equal to the davidtvs port (351,804 at 20
 classes, Cityscapes); the paper quotes 0.37M.
@@ -36,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab.models.layers import pad_to_multiple
+from seglab.models.layers import MaxUnpool2d, pad_to_multiple
 from seglab.registry import register_model
 
 __all__ = ["ENet", "enet"]
@@ -135,7 +137,7 @@ class UpsamplingBottleneck(nn.Module):
         super().__init__()
         internal = in_channels // projection_ratio
         self.main_conv = _conv_bn_act(nn.Conv2d(in_channels, out_channels, 1, bias=False), out_channels, None)
-        self.unpool = nn.MaxUnpool2d(2)
+        self.unpool = MaxUnpool2d(2)  # nn.MaxUnpool2d as a scatter: exports to ONNX
         self.projection = _conv_bn_act(nn.Conv2d(in_channels, internal, 1, bias=False), internal, relu)
         self.tconv = _conv_bn_act(nn.ConvTranspose2d(internal, internal, 2, stride=2, bias=False), internal, relu)
         self.expansion = _conv_bn_act(nn.Conv2d(internal, out_channels, 1, bias=False), out_channels, None)

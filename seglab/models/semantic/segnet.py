@@ -28,6 +28,8 @@ Deviations: inputs are normalised with ImageNet mean/std in RGB (seglab's conven
 weights) instead of the Caffe models' raw BGR input; the ImageNet backbone is torchvision's vgg16_bn rather
 than the Caffe VGG16 (which had no BN). The median-frequency class weights of the reference loss belong to
 the training config, not the model. Bayesian SegNet-Basic (4 encoders, 64 channels, 7x7 convs) is not provided.
+The unpools are :class:`seglab.models.layers.MaxUnpool2d` (``nn.MaxUnpool2d`` computed as a scatter, equal
+values and gradients), so the models export to ONNX.
 
 Parameters at 11 classes (``sum(p.numel())``): 29,449,355 for both models, equal to the reference count:
 encoder 14,723,136 (vgg16_bn ``features``), decoder conv+bias+BN units 14,719,872, conv1_1_D 6,347.
@@ -41,6 +43,7 @@ from torchvision.models import VGG16_BN_Weights
 from torchvision.models import vgg16_bn as tv_vgg16_bn
 
 from seglab.models.backbones import load_backbone_weights
+from seglab.models.layers import MaxUnpool2d
 from seglab.registry import register_model
 
 __all__ = ["SegNet", "SegNetEncoder", "bayesian_segnet_vgg16", "segnet_vgg16"]
@@ -111,7 +114,7 @@ class SegNet(nn.Module):
         # decoder{s} mirrors encoder stage s: unpool with pool{s}'s indices, then its conv units.
         for stage in range(5, 0, -1):
             units = (_conv_bn_relu(i, o) for i, o in DECODER_UNITS[stage])
-            self.add_module(f"unpool{stage}", nn.MaxUnpool2d(2, 2))
+            self.add_module(f"unpool{stage}", MaxUnpool2d(2, 2))  # a scatter: exports to ONNX
             self.add_module(f"decoder{stage}", nn.Sequential(*units))
             if dropout > 0 and stage in DROPOUT_STAGES:
                 self.add_module(f"decdrop{stage}", nn.Dropout(dropout))  # after conv{stage}_1_D

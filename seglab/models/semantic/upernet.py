@@ -23,7 +23,9 @@ Deviations: the input is zero-padded (right, bottom) to a multiple of 32 inside 
 cropped back, so any H, W works (mmseg pads in its data pipeline instead). The output contract is seglab's
 (eval: logits ``[B, K, H, W]`` at the input size; train: ``{"out": logits, "aux": [aux_logits]}`` when
 ``aux_loss``). The Swin blocks are torchvision's: its state dicts load (``pretrained_backbone``), not the Swin
-repo's (different key names; same tensors).
+repo's (different key names; same tensors). The PPM's adaptive pooling is
+:class:`seglab.models.layers.AdaptiveAvgPool2d` (torch's bins, computed as products with averaging matrices; equal
+to ``nn.AdaptiveAvgPool2d`` to float rounding), so the model exports to ONNX with a dynamic input size.
 
 Parameters at 150 classes with the aux head (``sum(p.numel())``): upernet_swin_t 59,941,862, upernet_swin_s
 81,259,766, upernet_swin_b 121,279,716, equal to the reference counts: torchvision's Swin without its final norm
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 from torchvision.models import Swin_B_Weights, Swin_S_Weights, Swin_T_Weights, SwinTransformer, WeightsEnum
 
 from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import ConvBNAct, pad_to_multiple
+from seglab.models.layers import AdaptiveAvgPool2d, ConvBNAct, pad_to_multiple
 from seglab.registry import register_model
 
 __all__ = [
@@ -97,7 +99,7 @@ class PyramidPoolingModule(nn.ModuleList):
 
     def __init__(self, in_channels: int, channels: int, pool_scales: tuple[int, ...] = (1, 2, 3, 6)) -> None:
         super().__init__(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNAct(in_channels, channels, 1, padding=0))
+            nn.Sequential(AdaptiveAvgPool2d(s), ConvBNAct(in_channels, channels, 1, padding=0))
             for s in pool_scales
         )
         self.pool_scales = tuple(pool_scales)
