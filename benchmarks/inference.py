@@ -7,7 +7,8 @@
 - smp pairs: seglab ``semantic_fpn_resnet50`` against ``smp.FPN("resnet50")`` (same encoder, both Panoptic-FPN
   style decoders, not the same weights) and seglab ``unet`` (Ronneberger et al.'s plain U-Net) against
   ``smp.Unet("resnet34")`` (a ResNet-34 encoder): each library's U-Net, not the same architecture.
-- seglab's own models alone (no reference implementation to compare with).
+- seglab's own models alone (no reference implementation to compare with); SCHP (``schp_resnet101``) among them
+  when it is registered.
 
 When ``seglab.engine.fast.prepare_fast`` exists, its fp32 and bf16 models are timed in the same rounds and their
 argmax labels compared with seglab's fp32 eager labels (agreement in % of pixels). Achieved GFLOP/s (FLOPs from
@@ -29,6 +30,7 @@ TORCHVISION_PAIRS = ("fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_
 DETECTION = "maskrcnn_resnet50_fpn"
 SMP_PAIRS = ("semantic_fpn_resnet50", "unet")
 OWN_MODELS = ("fcn8s_vgg16", "segnet_vgg16", "enet", "bisenetv1_resnet18", "bisenetv2", "upernet_swin_t")
+OPTIONAL_OWN_MODELS = ("schp_resnet101",)  # timed when registered
 SMOKE_MODELS = ("lraspp_mobilenet_v3_large", DETECTION, "unet", "enet")
 NUM_CLASSES = 21
 SEMANTIC_NOTE = {
@@ -38,6 +40,23 @@ SEMANTIC_NOTE = {
 }
 
 _Forward = Callable[[torch.Tensor], Any]
+
+
+def own_models() -> tuple[str, ...]:
+    """seglab's own models for the table: ``OWN_MODELS`` and those of ``OPTIONAL_OWN_MODELS`` that are registered."""
+    from seglab.registry import list_models
+
+    registered = set(list_models())
+    return OWN_MODELS + tuple(name for name in OPTIONAL_OWN_MODELS if name in registered)
+
+
+def known_models() -> tuple[str, ...]:
+    """Every name :func:`measure_model` accepts: the torchvision pairs, Mask R-CNN, seglab's semantic and parsing
+    models."""
+    from seglab.registry import list_models
+
+    seglab_models = (*list_models(task="semantic"), *list_models(task="parsing"))
+    return tuple(dict.fromkeys((*TORCHVISION_PAIRS, DETECTION, *seglab_models)))
 
 
 def _torchvision_pair(name: str) -> tuple[nn.Module, nn.Module, _Forward, _Forward]:
@@ -181,7 +200,7 @@ def run(reps: int, threads: int, smoke: bool, models: tuple[str, ...] | None = N
     torch.set_num_threads(threads)
     size, batches, warmup = (64, (1,), 0) if smoke else (512, (1, 4), 2)
     if models is None:
-        models = SMOKE_MODELS if smoke else (*TORCHVISION_PAIRS, DETECTION, *SMP_PAIRS, *OWN_MODELS)
+        models = SMOKE_MODELS if smoke else (*TORCHVISION_PAIRS, DETECTION, *SMP_PAIRS, *own_models())
     rows = ceilings(smoke, reps)
     for name in models:
         for batch in (1,) if name == DETECTION else batches:

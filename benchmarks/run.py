@@ -1,11 +1,13 @@
 """The CPU benchmark suite's runner (seglab issue 7): every concern in one process, then one Markdown file and chart.
 
     python -m benchmarks.run [--smoke] [--reps N] [--threads T] [--out docs/benchmarks.md]
+                             [--only inference evaluator data train] [--models NAME ...]
 
 Runs benchmarks.inference (latency against torchvision and smp, GFLOP/s against the matrix-product ceiling),
-benchmarks.evaluator (confusion-matrix throughput) and benchmarks.data_pipeline (images/s with 0 and 2 workers),
-and writes their tables, the command line and the machine into ``--out`` and a chart (PNG) beside it.
-``--smoke`` runs tiny sizes once, for the test suite; its numbers mean nothing.
+benchmarks.evaluator (confusion-matrix throughput), benchmarks.data_pipeline (images/s with 0 and 2 workers) and
+benchmarks.train_step (training step time against smp), and writes their tables, the command line and the
+machine into ``--out`` and a chart (PNG) beside it. ``--models`` restricts the inference section to those
+models. ``--smoke`` runs tiny sizes once, for the test suite; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from typing import Any
 
 import torch
 
-from benchmarks import data_pipeline, evaluator, inference
+from benchmarks import data_pipeline, evaluator, inference, train_step
 from benchmarks.common import machine_info, summary
 from seglab.utils import atomic_write_bytes, atomic_write_text
 
-MODULES = {"inference": inference, "evaluator": evaluator, "data": data_pipeline}
+MODULES = {"inference": inference, "evaluator": evaluator, "data": data_pipeline, "train": train_step}
+CHARTED = ("inference", "evaluator", "data")  # the sections the chart draws
 
 
 def chart_png(rows: dict[str, list[dict[str, Any]]]) -> bytes:
@@ -91,19 +94,32 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--out", default="docs/benchmarks.md", help="Markdown file; the PNG goes beside it")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition (for the test suite)")
     parser.add_argument("--only", nargs="+", choices=list(MODULES), default=list(MODULES),
-                        help="run only these concerns (the chart needs all three)")
+                        help="run only these concerns (the chart needs inference, evaluator and data)")
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help="inference section: only these models (default: all; smoke: a few); one of "
+                             "torchvision's segmentation names, maskrcnn_resnet50_fpn or a seglab semantic/parsing "
+                             "model")
     args = parser.parse_args(argv)
+    if args.models:
+        unknown = [name for name in args.models if name not in inference.known_models()]
+        if unknown:
+            parser.error(f"--models: unknown {', '.join(unknown)}; known: {', '.join(inference.known_models())}")
     argv = sys.argv[1:] if argv is None else argv
     reps = 1 if args.smoke else args.reps
     previous = torch.get_num_threads()
     try:
-        rows = {name: MODULES[name].run(reps, args.threads, args.smoke) for name in args.only}
+        rows = {}
+        for name in args.only:
+            if name == "inference" and args.models:
+                rows[name] = inference.run(reps, args.threads, args.smoke, models=tuple(args.models))
+            else:
+                rows[name] = MODULES[name].run(reps, args.threads, args.smoke)
     finally:
         torch.set_num_threads(previous)
     out = Path(args.out)
     png = out.with_suffix(".png")
     command = " ".join(["python -m benchmarks.run", *argv])
-    drawn = set(rows) == set(MODULES)
+    drawn = set(CHARTED) <= set(rows)
     if drawn:
         atomic_write_bytes(png, chart_png(rows))
     text = report(rows, command, args.threads, reps, png.name if drawn else None)

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from benchmarks import common, evaluator, inference
+import seglab.registry
+from benchmarks import common, evaluator, inference, train_step
 from benchmarks.run import main
 
 
@@ -94,7 +95,7 @@ def test_smoke_run_end_to_end(tmp_path):
     assert "`python -m benchmarks.run --smoke --threads 1 --out " in text
     assert f"torch {torch.__version__}" in text
     for heading in ("## Inference latency", "Matrix-product ceiling", "## Evaluator throughput",
-                    "## Data pipeline throughput", "## Chart"):
+                    "## Data pipeline throughput", "## Training step time", "## Chart"):
         assert heading in text
     for model in ("lraspp_mobilenet_v3_large", "mask_rcnn_resnet50_fpn", "unet", "enet"):
         assert f"| {model} | 64x64 | 1 |" in text
@@ -102,6 +103,53 @@ def test_smoke_run_end_to_end(tmp_path):
     for method in evaluator.METHODS:
         assert f"| {method} |" in text
     assert "| 0 |" in text and "| 2 |" in text
+    assert "| unet | 64x64 | 2 | " in text and "| bisenetv2 | 64x64 | 2 | " in text  # training steps
     png = tmp_path / "bench.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![benchmarks](bench.png)" in text
+
+
+def test_train_step_is_one_sgd_step_on_the_cross_entropy():
+    """make_step's first step moves each weight by -lr * grad of the mean cross-entropy (momentum buffer = grad)."""
+    model = torch.nn.Conv2d(3, 4, 1)
+    images = torch.randn(2, 3, 5, 5)
+    targets = torch.randint(0, 4, (2, 5, 5))
+    targets[0, 0, 0] = 255  # ignored
+    before = [p.detach().clone() for p in model.parameters()]
+    expected_loss = torch.nn.functional.cross_entropy(model(images), targets, ignore_index=255)
+    grads = torch.autograd.grad(expected_loss, list(model.parameters()))
+    step = train_step.make_step(model, images, targets)
+    loss = step()
+    assert loss == pytest.approx(float(expected_loss.detach()), rel=1e-6)
+    for p, p0, g in zip(model.parameters(), before, grads, strict=True):
+        torch.testing.assert_close(p.detach(), p0 - 1e-4 * g, rtol=0, atol=1e-7)
+    assert model.training
+
+
+def test_train_step_smoke_rows_pair_unet_with_smp():
+    rows = train_step.run(reps=1, threads=1, smoke=True)
+    assert [(r["model"], r["reference"]) for r in rows] == [("unet", "smp"), ("bisenetv2", "-")]
+    assert set(rows[0]["times"]) == {"seglab", "smp"} and set(rows[1]["times"]) == {"seglab"}
+    assert all(len(v) == 1 for r in rows for v in r["times"].values())
+    table = train_step.markdown(rows)
+    assert table.startswith("## Training step time") and "| unet | 64x64 | 2 | " in table
+
+
+def test_own_models_include_schp_only_when_registered(monkeypatch):
+    registered = seglab.registry.list_models()
+    assert inference.own_models()[:len(inference.OWN_MODELS)] == inference.OWN_MODELS
+    assert ("schp_resnet101" in inference.own_models()) == ("schp_resnet101" in registered)
+    monkeypatch.setattr(seglab.registry, "list_models", lambda task=None: [n for n in registered if "schp" not in n])
+    assert inference.own_models() == inference.OWN_MODELS
+    monkeypatch.setattr(seglab.registry, "list_models", lambda task=None: [*registered, "schp_resnet101"])
+    assert inference.own_models() == (*inference.OWN_MODELS, "schp_resnet101")
+
+
+def test_models_flag_restricts_the_inference_section(tmp_path):
+    out = tmp_path / "bench.md"
+    text = main(["--smoke", "--threads", "1", "--only", "inference", "--models", "enet", "--out", str(out)])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "x64 |" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| enet"]
+    assert "## Chart" not in text and not (tmp_path / "bench.png").exists()  # the chart needs every section
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--models", "no_such_model", "--out", str(out)])
