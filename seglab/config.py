@@ -28,7 +28,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "voc"  # voc | folder | demo
+    dataset: str = "voc"  # voc | folder | demo | coco | lip | cihp | atr | pascal_person_part | demo_people(_cihp)
     root: str = ""  # dataset root; for "demo" empty means the demo cache folder
     train_split: str = "train"
     val_split: str = "val"
@@ -42,6 +42,14 @@ class DataConfig:
     batch_size: int = 8
     workers: int = 2
     palette: str = "voc"  # name of the label set in seglab.data.palettes
+    # Human parsing (lip, cihp, atr, pascal_person_part, demo_people): "crop" = the scale/crop/flip pipeline above,
+    # "person_affine" = SCHP's person-centric affine warp to crop_size (scale, rotation, flip with left/right swap)
+    augment: str = "crop"
+    rotation: float = 30.0  # person_affine: rotation factor in degrees (drawn as clip(N(0,1)*r, -2r, 2r))
+    rotation_p: float = 0.6  # person_affine: probability of rotating
+    scale_factor: float = 0.25  # person_affine: scale drawn as clip(1 + N(0,1)*sf, 1-sf, 1+sf)
+    with_pose: bool = False  # lip / demo_people: targets are {"mask", "joints"} (training needs person_affine)
+    with_humans: bool = False  # cihp / demo_people_cihp: targets are {"mask", "human_ids"} (same)
 
 
 @dataclass
@@ -82,6 +90,7 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP option, for models with parameters unused in a step
     logger: str = "jsonl"  # jsonl | tensorboard (metrics.jsonl is always written)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
+    loss: str = "ce"  # ce (SegmentationLoss) | ce2p | jppnet | ss_jppnet | pgn (the parsing models' losses)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
 
@@ -94,6 +103,24 @@ class EvalConfig:
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
     batch_size: int = 1
+    # classes absent from ground truth and prediction: "nan" leaves them out of the mean (most toolkits),
+    # "zero" counts them as IoU 0 (SCHP's LIP rule: the mean is over all classes)
+    absent: str = "nan"
+
+
+@dataclass
+class SelfCorrectionConfig:
+    """SCHP's self-correction (seglab.methods.self_correction): cycles of ``cycle_len`` iterations from
+    ``cycle_start`` on, each ending with model aggregation and BatchNorm re-estimation; the learning rate follows
+    SCHP's warm-up, cosine and cyclical restarts (schedule.warmup_iters is the warm-up; schedule.name is unused)."""
+
+    enabled: bool = False
+    cycle_start: int = 0  # iteration at which the first cycle ends (SCHP: epoch 100 of 150)
+    cycle_len: int = 0  # iterations per cycle (SCHP: 10 epochs)
+    bn_batches: int = 50  # training batches for the BatchNorm re-estimation at each cycle end
+    lambda_s: float = 1.0  # parsing (Lovasz + CE / KL) weight
+    lambda_e: float = 1.0  # edge loss weight
+    lambda_c: float = 0.1  # parsing-edge consistency weight
 
 
 @dataclass
@@ -106,6 +133,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    self_correction: SelfCorrectionConfig = field(default_factory=SelfCorrectionConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -82,6 +82,26 @@ LIP_COLORS = (
 )  # fmt: skip
 LIP_FLIP_PAIRS = ((14, 15), (16, 17), (18, 19))  # LeftArm/RightArm, LeftLeg/RightLeg, LeftShoe/RightShoe
 
+# CIHP: LIP's labels, colours and flip pairs, except that label 10 is torso skin (not jumpsuits).
+CIHP_CLASSES = LIP_CLASSES[:10] + ("Torso-skin",) + LIP_CLASSES[11:]
+
+# ATR (Liang et al., "Deep Human Parsing with Active Template Regression", TPAMI 2015), SCHP's label order.
+ATR_CLASSES = (
+    "Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt", "Left-shoe",
+    "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm", "Right-arm", "Bag", "Scarf",
+)  # fmt: skip
+ATR_FLIP_PAIRS = ((9, 10), (12, 13), (14, 15))  # shoes, legs, arms
+
+# Pascal-Person-Part (Chen et al., "Detect What You Can", CVPR 2014), SCHP's label order; no left/right labels.
+PASCAL_PERSON_PART_CLASSES = ("Background", "Head", "Torso", "Upper Arms", "Lower Arms", "Upper Legs", "Lower Legs")
+
+# The 16 LIP pose joints in the order of the LIP pose CSV (MPII order), and the pairs a horizontal flip swaps.
+LIP_JOINTS = (
+    "R_Ankle", "R_Knee", "R_Hip", "L_Hip", "L_Knee", "L_Ankle", "Pelvis", "Thorax", "Neck", "Head",
+    "R_Wrist", "R_Elbow", "R_Shoulder", "L_Shoulder", "L_Elbow", "L_Wrist",
+)  # fmt: skip
+LIP_JOINT_FLIP_PAIRS = ((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13))
+
 CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
@@ -112,6 +132,10 @@ _LABEL_SETS: dict[str, LabelSet] = {
     "cityscapes": LabelSet("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_COLORS),
     "camvid": LabelSet("camvid", CAMVID_CLASSES, CAMVID_COLORS),
     "coco": _voc_colored("coco", COCO_CLASSES),  # the VOC colour map: distinct for the first 256 indices
+    "cihp": LabelSet("cihp", CIHP_CLASSES, LIP_COLORS, LIP_FLIP_PAIRS),
+    # ATR and Pascal-Person-Part: the VOC colour map, as SCHP's get_palette draws them
+    "atr": LabelSet("atr", ATR_CLASSES, tuple(voc_colormap(len(ATR_CLASSES))), ATR_FLIP_PAIRS),
+    "pascal_person_part": _voc_colored("pascal_person_part", PASCAL_PERSON_PART_CLASSES),
 }
 
 
@@ -128,4 +152,13 @@ def get_label_set(name: str) -> LabelSet:
         raise KeyError(f"unknown label set {name!r}; available: {', '.join(list_label_sets())}") from None
 
 
-__all__ = ["LabelSet", "get_label_set", "list_label_sets", "voc_colormap"]
+__all__ = [
+    "ATR_FLIP_PAIRS",
+    "LIP_FLIP_PAIRS",
+    "LIP_JOINTS",
+    "LIP_JOINT_FLIP_PAIRS",
+    "LabelSet",
+    "get_label_set",
+    "list_label_sets",
+    "voc_colormap",
+]
