@@ -70,7 +70,7 @@ def model_rows(task: str | None = None) -> list[ModelRow]:
                 params=count_at_paper_setting(name),
                 paper_params=info.paper_params,
                 url=info.url,
-                gflops=flops_at_paper_setting(name) / 1e9 if info.task != "instance" else None,
+                gflops=flops_at_paper_setting(name) / 1e9 if not info.detection_contract else None,
             )
         )
     return rows
@@ -112,9 +112,10 @@ def models_markdown() -> str:
             f"| `{r.name}` | {r.task} | {paper} | {r.year} | {r.input_size[0]}x{r.input_size[1]} | "
             f"{r.setting} | {_fmt(r.params)} | {_fmt(r.paper_params)} | {_delta(r)} | {_gflops(r)} |"
         )
-    from seglab import instance_demo, realtime_demo
+    from seglab import instance_demo, parsing_demo, realtime_demo
 
-    return "\n".join(lines) + "\n" + realtime_demo.results_markdown() + instance_demo.results_markdown()
+    return ("\n".join(lines) + "\n" + realtime_demo.results_markdown() + instance_demo.results_markdown()
+            + parsing_demo.results_markdown())
 
 
 def models_rich_table(task: str | None = None):

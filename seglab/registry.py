@@ -33,6 +33,12 @@ class ModelInfo:
     url: str = ""
     paper_kwargs: dict[str, Any] = field(default_factory=dict)
     paper_params: int | None = None
+    detector: bool = False  # the torchvision detection contract (lists in, dicts out), e.g. Parsing R-CNN
+
+    @property
+    def detection_contract(self) -> bool:
+        """True for models called as torchvision detectors: every instance model, and detector-based parsing."""
+        return self.task == "instance" or self.detector
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -47,6 +53,7 @@ def register_model(
     url: str = "",
     paper_kwargs: dict[str, Any] | None = None,
     paper_params: int | None = None,
+    detector: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a model factory under its function name."""
     if task not in TASKS:
@@ -66,6 +73,7 @@ def register_model(
             url=url,
             paper_kwargs=dict(paper_kwargs or {}),
             paper_params=paper_params,
+            detector=detector,
         )
         return fn
 

@@ -1,3 +1,3 @@
 """Model families. Importing this package registers every model factory."""
 
-from seglab.models import instance, semantic  # noqa: F401
+from seglab.models import instance, parsing, semantic  # noqa: F401
