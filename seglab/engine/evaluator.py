@@ -14,14 +14,30 @@ ground truth; pixels whose ground truth is ``ignore_index`` or outside ``[0, C)`
 - ``IoU_c`` = hist[c, c] / (hist[c, :].sum() + hist[:, c].sum() - hist[c, c]);  ``mIoU`` = mean.
 - ``fwIoU`` = sum over classes present in the ground truth of (gt pixels of c / all pixels) * IoU_c.
 
-Absent classes: a class that appears in neither the ground truth nor the prediction (union 0) has
-IoU NaN and is left out of the mean (``nanmean``), as in Parsing R-CNN and most toolkits; its
-accuracy is NaN as well, and likewise for any class absent from the ground truth. A class that is
-predicted but absent from the ground truth has IoU 0 and does count: predicting it is an error.
-The reason for this choice: an absent class says nothing about the model, and counting it as 0
-(SCHP's ``max(1, union)``) would make a perfect prediction on a split that lacks one class score
-below 1. On full benchmark validation sets, where every class occurs, both conventions agree. If
-nothing at all was counted, every metric is NaN.
+Absent classes, two rules (``ConfusionMatrix.compute(absent=...)``, :func:`parsing_metrics`):
+
+- ``"nan"`` (the default): a class that appears in neither the ground truth nor the prediction
+  (union 0) has IoU NaN and is left out of the mean (``nanmean``), as in Parsing R-CNN
+  (``parsing_eval.py``: ``mean_IoU``, ``per_class_acc``) and most toolkits; its accuracy is NaN as
+  well, and likewise for any class absent from the ground truth. A class that is predicted but absent
+  from the ground truth has IoU 0 and does count: predicting it is an error. The reason for this
+  default: an absent class says nothing about the model, and counting it as 0 would make a perfect
+  prediction on a split that lacks one class score below 1. If nothing at all was counted, every
+  metric is NaN.
+- ``"zero"``: SCHP's rule (``utils/miou.py``: ``IoU = tp / max(1, pos + res - tp)`` and
+  ``mean_accuracy = mean(tp / max(1, pos))``, both averaged over all classes): an absent class has
+  IoU 0, a class absent from the ground truth has accuracy 0, and both count in the means. The LIP
+  numbers of SCHP (59.36) were computed this way.
+
+On full benchmark validation sets, where every class occurs, both rules agree. Pixel accuracy and
+fwIoU do not depend on the rule.
+
+Instance-level human parsing (CIHP) adds two detection-style metrics over part or person masks,
+defined in reference/models.md section 11 and computed here as the reference scripts do:
+:func:`region_ap` (PGN's AP^r, CIHP_PGN ``evaluation/test_inst_part_ap.py``) and
+:func:`person_parsing_ap` (Parsing R-CNN's AP^p and PCP, ``utils/data/evaluation/parsing_eval.py``).
+Both use the continuous VOC AP (:func:`voc_ap`) and IoU thresholds 0.1, ..., 0.9, a match needing
+IoU strictly greater than the threshold.
 """
 
 from __future__ import annotations
@@ -155,27 +171,66 @@ class ConfusionMatrix:
         self.hist.copy_(buf.cpu())
         return self
 
-    def compute(self) -> SegMetrics:
-        """The metrics of the counts so far (see the module docstring for the definitions)."""
-        hist = self.hist.to(torch.float64).numpy()
-        tp = np.diag(hist)
-        gt = hist.sum(axis=1)
-        pred = hist.sum(axis=0)
-        union = gt + pred - tp
-        total = hist.sum()
+    def compute(self, absent: str = "nan") -> SegMetrics:
+        """The metrics of the counts so far (see the module docstring for the definitions).
+
+        ``absent`` picks the rule for classes absent from the ground truth and the prediction:
+        ``"nan"`` (NaN, left out of the means) or ``"zero"`` (SCHP's: 0, counted in the means).
+        """
+        return _segmetrics_from_hist(self.hist, absent)
+
+
+ABSENT_RULES = ("nan", "zero")
+
+
+def _segmetrics_from_hist(hist: Any, absent: str = "nan") -> SegMetrics:
+    """:class:`SegMetrics` of a ``C x C`` count matrix (rows ground truth) under an absent-class rule."""
+    if absent not in ABSENT_RULES:
+        raise ValueError(f"absent must be one of {ABSENT_RULES}, got {absent!r}")
+    counts = hist.detach().cpu().numpy() if isinstance(hist, torch.Tensor) else np.asarray(hist)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"confusion matrix must be square C x C, got shape {counts.shape}")
+    h = counts.astype(np.float64)
+    tp = np.diag(h)
+    gt = h.sum(axis=1)
+    pred = h.sum(axis=0)
+    union = gt + pred - tp
+    total = h.sum()
+    if absent == "zero":
+        # SCHP utils/miou.py: tp / max(1, union) and tp / max(1, pos); counts are integers, so this
+        # is exactly "0 where the denominator is 0"
+        iou = tp / np.maximum(1.0, union)
+        acc = tp / np.maximum(1.0, gt)
+        m_iou, m_acc = float(iou.mean()), float(acc.mean())
+    else:
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = np.where(union > 0, tp / union, np.nan)
             acc = np.where(gt > 0, tp / gt, np.nan)
-        if total > 0:
-            a_acc = float(tp.sum() / total)
-            present = gt > 0
-            fw_iou = float((gt[present] / total * iou[present]).sum())
-        else:
-            a_acc = fw_iou = float("nan")
-        return SegMetrics(
-            aAcc=a_acc, mAcc=_nanmean(acc), mIoU=_nanmean(iou), fwIoU=fw_iou, iou=iou, acc=acc,
-            confusion=self.hist.numpy().copy(),
-        )
+        m_iou, m_acc = _nanmean(iou), _nanmean(acc)
+    if total > 0:
+        a_acc = float(tp.sum() / total)
+        present = gt > 0
+        fw_iou = float((gt[present] / total * iou[present]).sum())
+    else:
+        a_acc = fw_iou = float("nan")
+    return SegMetrics(aAcc=a_acc, mAcc=m_acc, mIoU=m_iou, fwIoU=fw_iou, iou=iou, acc=acc,
+                      confusion=counts.astype(np.int64).copy())
+
+
+def parsing_metrics(hist: ConfusionMatrix | torch.Tensor | np.ndarray, rule: str = "schp") -> dict[str, Any]:
+    """LIP/CIHP-style parsing metrics of a confusion matrix: pixel accuracy, mean accuracy, mIoU and
+    the per-class IoU and accuracy (fractions, not percent).
+
+    ``rule="schp"`` averages over all classes with absent ones counting 0 (SCHP's ``utils/miou.py``,
+    how the LIP/ATR/Pascal-Person-Part numbers of SCHP were computed); ``rule="nan"`` leaves absent
+    classes out of the means (Parsing R-CNN's ``parsing_eval.py``, seglab's default elsewhere).
+    Returns ``{"pixel_acc", "mean_acc", "mIoU", "IoU": ndarray[C], "Acc": ndarray[C]}``.
+    """
+    rules = {"schp": "zero", "nan": "nan"}
+    if rule not in rules:
+        raise ValueError(f"parsing_metrics: rule must be 'schp' or 'nan', got {rule!r}")
+    m = _segmetrics_from_hist(hist.hist if isinstance(hist, ConfusionMatrix) else hist, rules[rule])
+    return {"pixel_acc": m.aAcc, "mean_acc": m.mAcc, "mIoU": m.mIoU, "IoU": m.iou, "Acc": m.acc}
 
 
 def metrics_to_text(metrics: SegMetrics, class_names: Sequence[str]) -> str:
@@ -296,8 +351,10 @@ def evaluate(
     batch_size: int = 1,
     progress: bool = False,
     num_workers: int = 0,
+    absent: str = "nan",
 ) -> SegMetrics:
-    """Segment every ``(image, mask)`` of ``dataset`` with :func:`infer_probs` and return the metrics.
+    """Segment every ``(image, mask)`` of ``dataset`` with :func:`infer_probs` and return the metrics
+    (``absent``: the rule for classes absent from ground truth and prediction, see ConfusionMatrix.compute).
 
     Images are float ``[3, H, W]`` tensors already normalised, masks int ``[H, W]`` with 255 ignored.
     The images of one batch may differ in size: consecutive same-size images are stacked, the
@@ -309,7 +366,251 @@ def evaluate(
         model, dataset, num_classes=num_classes, mode=mode, crop_size=crop_size, stride=stride, scales=scales,
         flip=flip, flip_pairs=flip_pairs, device=device, batch_size=batch_size, progress=progress,
         num_workers=num_workers,
-    ).compute()
+    ).compute(absent=absent)
 
 
-__all__ = ["ConfusionMatrix", "SegMetrics", "evaluate", "evaluate_confusion", "metrics_to_text"]
+# ---- instance-level human parsing (CIHP): PGN's AP^r, Parsing R-CNN's AP^p and PCP ----
+
+PARSING_IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Continuous VOC AP (VOC2010+, not the 11-point VOC07 rule): the area under the precision
+    envelope, summed where the recall changes, with sentinels (0, 0) and (1, 0) as in py-faster-rcnn's
+    ``voc_ap(use_07_metric=False)``, which both CIHP_PGN and Parsing R-CNN call. Empty input gives 0.
+    """
+    mrec = np.concatenate(([0.0], np.asarray(recall, dtype=np.float64), [1.0]))
+    mpre = np.concatenate(([0.0], np.asarray(precision, dtype=np.float64), [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    changed = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]))
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _check_thresholds(thresholds: Sequence[float], where: str) -> tuple[float, ...]:
+    thresholds = tuple(float(t) for t in thresholds)
+    if not thresholds or any(not 0.0 <= t < 1.0 for t in thresholds):
+        raise ValueError(f"{where}: thresholds must be a non-empty list of IoUs in [0, 1), got {thresholds}")
+    return thresholds
+
+
+def _at_half(values: Sequence[float], thresholds: Sequence[float]) -> float:
+    """The value at IoU threshold 0.5, NaN when 0.5 is not among the thresholds."""
+    for t, v in zip(thresholds, values, strict=True):
+        if abs(t - 0.5) < 1e-9:
+            return float(v)
+    return float("nan")
+
+
+def _ap_from_hits(hits: np.ndarray, num_gt: int, order: np.ndarray) -> float:
+    """VOC AP of detections ``hits`` (bool, one per detection) ranked by ``order``; NaN without GT."""
+    if num_gt == 0:
+        return float("nan")
+    tp = np.cumsum(hits[order].astype(np.float64))
+    fp = np.cumsum((~hits[order]).astype(np.float64))
+    return voc_ap(tp / num_gt, tp / np.maximum(tp + fp, np.finfo(np.float64).eps))
+
+
+def part_instances_from_maps(category_ids: Any, instance_ids: Any) -> list[tuple[int, np.ndarray]]:
+    """CIHP ground truth for :func:`region_ap`: ``(class, bool mask)`` per part instance of an image, from
+    its ``Category_ids`` and ``Instance_ids`` maps (id 0 = none, ids in increasing order). An instance's
+    class is the category under its pixels (the most frequent one, should the two maps disagree);
+    instances on background (category 0) are left out."""
+    category, instance = _to_numpy(category_ids).astype(np.int64), _to_numpy(instance_ids).astype(np.int64)
+    if category.shape != instance.shape:
+        raise ValueError(f"part_instances_from_maps: Category_ids {category.shape} and Instance_ids "
+                         f"{instance.shape} differ in shape")
+    parts = []
+    for inst in np.unique(instance):
+        if inst == 0:
+            continue
+        mask = instance == inst
+        classes = category[mask]
+        classes = classes[(classes > 0) & (classes != 255)]
+        if classes.size:
+            parts.append((int(np.bincount(classes).argmax()), mask))
+    return parts
+
+
+def person_parsings_from_maps(category_ids: Any, human_ids: Any) -> list[np.ndarray]:
+    """CIHP ground truth for :func:`person_parsing_ap`: one int64 part map per person of an image (its
+    ``Category_ids`` inside the person's ``Human_ids`` region, 0 elsewhere), persons in increasing id
+    order; ``Category_ids`` of 255 stays 255 (ignored)."""
+    category, human = _to_numpy(category_ids).astype(np.int64), _to_numpy(human_ids).astype(np.int64)
+    if category.shape != human.shape:
+        raise ValueError(f"person_parsings_from_maps: Category_ids {category.shape} and Human_ids "
+                         f"{human.shape} differ in shape")
+    return [np.where(human == h, category, 0) for h in np.unique(human) if h != 0]
+
+
+def region_ap(
+    predictions: Sequence[Sequence[tuple[int, float, Any]]],
+    ground_truths: Sequence[Sequence[tuple[int, Any]]],
+    num_classes: int = 20,
+    thresholds: Sequence[float] = PARSING_IOU_THRESHOLDS,
+) -> dict[str, Any]:
+    """PGN's region-level part AP (AP^r), as CIHP_PGN ``evaluation/test_inst_part_ap.py`` computes it.
+
+    ``predictions[i]`` lists image i's predicted part instances as ``(class, score, bool mask [H, W])``,
+    ``ground_truths[i]`` its GT part instances as ``(class, bool mask)`` (see
+    :func:`part_instances_from_maps`). For each part class (1 .. C-1, background excluded), over all
+    images pooled: a prediction's IoU is its maximum IoU with the same-class GT instances of its image
+    (0 when there are none), it is a true positive at threshold t when that IoU > t (strictly), and
+    there is **no one-to-one matching**: one GT instance can make several predictions true positives.
+    Predictions are ranked by score; precision/recall give the continuous VOC AP (:func:`voc_ap`),
+    recall being TP / (number of GT instances of the class).
+
+    Faithful to the reference, including its quirks: without one-to-one matching the recall, and so
+    the AP of a class, can exceed 1 when several predictions overlap one GT above the threshold (two
+    halves of one arm at t = 0.4, say). Tied scores are ranked as the reference's
+    ``argsort(scores)[::-1]`` ranks them: the later-listed prediction first.
+    Deviations: empty masks are dropped (the reference reads instances from an id map, where an empty
+    instance cannot occur); a class with no GT instance anywhere gets AP NaN and is left out of the
+    class mean (the reference gives 0 when it has no predictions either and NaN, making the whole mean
+    NaN, when it has some; on CIHP val every class has GT and the two agree).
+
+    Returns ``{"thresholds", "APr": [mean over classes per threshold], "APr50", "APr_vol" (mean of
+    APr over the thresholds), "per_class": ndarray [C, T] (row 0, background, and GT-less classes NaN)}``.
+    """
+    thresholds = _check_thresholds(thresholds, "region_ap")
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f"region_ap: {len(predictions)} images of predictions but {len(ground_truths)} of "
+                         "ground truth")
+    scores: dict[int, list[float]] = {c: [] for c in range(1, num_classes)}
+    ious: dict[int, list[float]] = {c: [] for c in range(1, num_classes)}
+    num_gt = dict.fromkeys(range(1, num_classes), 0)
+    for i, (preds, gts) in enumerate(zip(predictions, ground_truths, strict=True)):
+        gt_by_class: dict[int, list[np.ndarray]] = {}
+        shape = None
+        for j, (cls, mask) in enumerate(gts):
+            mask = _to_numpy(mask).astype(bool)
+            shape = shape or mask.shape
+            if mask.shape != shape:
+                raise ValueError(f"region_ap: image {i}: GT instance {j} has shape {mask.shape}, expected {shape}")
+            if 1 <= int(cls) < num_classes and mask.any():
+                gt_by_class.setdefault(int(cls), []).append(mask)
+        for cls, masks in gt_by_class.items():
+            num_gt[cls] += len(masks)
+        for j, (cls, score, mask) in enumerate(preds):
+            mask = _to_numpy(mask).astype(bool)
+            if shape is not None and mask.shape != shape:
+                raise ValueError(f"region_ap: image {i}: predicted instance {j} has shape {mask.shape}, "
+                                 f"but the GT masks have {shape}")
+            if not 1 <= int(cls) < num_classes or not mask.any():
+                continue
+            area = int(mask.sum())
+            best = 0.0
+            for gt in gt_by_class.get(int(cls), []):
+                inter = int(np.logical_and(mask, gt).sum())
+                best = max(best, inter / (area + int(gt.sum()) - inter))
+            scores[int(cls)].append(float(score))
+            ious[int(cls)].append(best)
+    per_class = np.full((num_classes, len(thresholds)), np.nan)
+    for cls in range(1, num_classes):
+        cls_ious = np.asarray(ious[cls], dtype=np.float64)
+        order = np.argsort(np.asarray(scores[cls], dtype=np.float64), kind="stable")[::-1]
+        for k, t in enumerate(thresholds):
+            per_class[cls, k] = _ap_from_hits(cls_ious > t, num_gt[cls], order)
+    ap = [_nanmean(per_class[1:, k]) for k in range(len(thresholds))]
+    return {"thresholds": list(thresholds), "APr": ap, "APr50": _at_half(ap, thresholds),
+            "APr_vol": float(np.mean(ap)), "per_class": per_class}
+
+
+def person_parsing_ap(
+    predictions: Sequence[Sequence[tuple[float, Any]]],
+    ground_truths: Sequence[Sequence[Any]],
+    num_classes: int = 20,
+    thresholds: Sequence[float] = PARSING_IOU_THRESHOLDS,
+    score_threshold: float = 0.001,
+) -> dict[str, Any]:
+    """Parsing R-CNN's person-level parsing AP (AP^p) and PCP, as ``utils/data/evaluation/parsing_eval.py``
+    (``eval_parsing_ap``) computes them.
+
+    ``predictions[i]`` lists image i's predicted persons as ``(score, int part map [H, W])`` (the
+    person's part labels, 0 outside it), ``ground_truths[i]`` its GT persons as int part maps (255
+    ignored; see :func:`person_parsings_from_maps`). Predictions with score < ``score_threshold`` are
+    dropped (the reference's ``PRCNN.SCORE_THRESH``, 0.001). The rest, all images pooled, are ranked by
+    score; each one's IoU with a GT person of its image is the ``nanmean`` over all C classes,
+    **background included**, of the per-class IoU of the ``C x C`` confusion matrix of the two maps (GT
+    pixels outside [0, C) ignored; classes absent from both maps are NaN and dropped), and it takes the
+    GT with the highest IoU (the first on ties). At threshold t it is a true positive when that IoU > t
+    (strictly) and the GT is not yet matched at t (**one-to-one**), else a false positive (a duplicate
+    of a matched person, a low IoU, or an image without GT). AP^p at t is the continuous VOC AP
+    (:func:`voc_ap`) with recall = TP / (number of GT persons); AP^p_vol is the mean over thresholds.
+
+    PCP at t: each true positive scores (number of part classes 1 .. C-1 with IoU > t against its GT)
+    / (number of part classes present in that GT person), 0 when it has none; unmatched GT persons
+    score 0; PCP is the mean over all GT persons. PCP50 is the reported one.
+
+    Tied scores keep the listed order (the reference's ``argsort(-scores)``). Without any GT person
+    the APs and PCPs are NaN. The semantic mIoU the paper reports beside these comes from the
+    images' merged semantic maps: use :class:`ConfusionMatrix` for it.
+
+    Returns ``{"thresholds", "APp": [per threshold], "APp50", "APp_vol", "PCP": [per threshold], "PCP50"}``.
+    """
+    thresholds = _check_thresholds(thresholds, "person_parsing_ap")
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f"person_parsing_ap: {len(predictions)} images of predictions but {len(ground_truths)} "
+                         "of ground truth")
+    c = int(num_classes)
+    gts = [[_to_numpy(g).astype(np.int64) for g in image] for image in ground_truths]
+    num_gt = sum(len(image) for image in gts)
+    gt_parts = [[int(np.count_nonzero(np.bincount(g[(g > 0) & (g < c)], minlength=c)[1:])) for g in image]
+                for image in gts]
+    entries = [(i, j, float(score)) for i, image in enumerate(predictions) for j, (score, _) in enumerate(image)
+               if float(score) >= score_threshold]
+    entry_scores = np.asarray([e[2] for e in entries], dtype=np.float64)
+    order = np.argsort(-entry_scores, kind="stable")
+    hits = np.zeros((len(thresholds), len(entries)), dtype=bool)
+    matched = [[[False] * len(image) for image in gts] for _ in thresholds]
+    pcp: list[list[float]] = [[] for _ in thresholds]
+    for rank in order:
+        i, j, _ = entries[rank]
+        pred = _to_numpy(predictions[i][j][1]).astype(np.int64)
+        best, best_gt, best_iou = -np.inf, -1, None
+        for g_index, gt in enumerate(gts[i]):
+            if gt.shape != pred.shape:
+                raise ValueError(f"person_parsing_ap: image {i}: predicted person {j} has shape {pred.shape} but "
+                                 f"GT person {g_index} has {gt.shape}")
+            keep = (gt >= 0) & (gt < c)
+            p = pred[keep]
+            if p.size and (p.min() < 0 or p.max() >= c):
+                raise ValueError(f"person_parsing_ap: image {i}: predicted person {j} has labels outside [0, {c})")
+            hist = np.bincount(c * gt[keep] + p, minlength=c * c).reshape(c, c).astype(np.float64)
+            tp = np.diag(hist)
+            union = hist.sum(0) + hist.sum(1) - tp
+            with np.errstate(divide="ignore", invalid="ignore"):
+                class_iou = np.where(union > 0, tp / union, np.nan)
+            mean_iou = _nanmean(class_iou)
+            if mean_iou > best:  # NaN never wins, as in the reference
+                best, best_gt, best_iou = mean_iou, g_index, class_iou
+        for k, t in enumerate(thresholds):
+            if best > t and not matched[k][i][best_gt]:
+                matched[k][i][best_gt] = True
+                hits[k, rank] = True
+                parts = gt_parts[i][best_gt]
+                pcp[k].append(float(np.sum(best_iou[1:] > t)) / parts if parts else 0.0)
+    ap = [_ap_from_hits(hits[k], num_gt, order) for k in range(len(thresholds))]
+    pcps = [float(sum(v) / num_gt) if num_gt else float("nan") for v in pcp]
+    return {"thresholds": list(thresholds), "APp": ap, "APp50": _at_half(ap, thresholds),
+            "APp_vol": float(np.mean(ap)), "PCP": pcps, "PCP50": _at_half(pcps, thresholds)}
+
+
+__all__ = [
+    "ABSENT_RULES",
+    "PARSING_IOU_THRESHOLDS",
+    "ConfusionMatrix",
+    "SegMetrics",
+    "evaluate",
+    "evaluate_confusion",
+    "metrics_to_text",
+    "parsing_metrics",
+    "part_instances_from_maps",
+    "person_parsing_ap",
+    "person_parsings_from_maps",
+    "region_ap",
+    "voc_ap",
+]
