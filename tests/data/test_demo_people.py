@@ -231,15 +231,15 @@ def test_cihp_id_maps_are_consistent(small):
 
 
 def test_cihp_people_stay_half_visible_and_have_torso_skin():
-    counts = []
+    counts, with_torso_skin = [], 0
     for i in range(6):
         rng = np.random.default_rng([11, i])
         _, cat, inst, hum = demo_people.render_cihp_image(rng, 128)
         counts.append(hum.max())
         for k in range(1, hum.max() + 1):
             assert (hum == k).sum() > 30
-        assert (cat[hum > 0] == 10).any()  # CIHP's Torso-skin (the neck)
-    assert max(counts) >= 2
+        with_torso_skin += bool((cat[hum > 0] == 10).any())  # CIHP's Torso-skin (the neck; a scarf may hide it)
+    assert max(counts) >= 2 and with_torso_skin >= 4
 
 
 def test_ensure_regenerates_only_when_the_parameters_differ(tmp_path, monkeypatch):

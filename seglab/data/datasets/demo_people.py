@@ -7,6 +7,10 @@ scale, position and colours, dressed with PIL polygons and ellipses that write t
 a body-segment owner map in the same draw call (so labels match the drawn pixels exactly; no 255 band is
 written: JPEG softens the image edges, the labels stay crisp, as in LIP's own annotations).
 
+Garment colours come from a hue band per class (:data:`_GARMENT_HSV`: shirts red, coats brown, dresses magenta,
+jumpsuits cyan, pants blue, skirts green, scarves yellow, hats purple, gloves white, socks pale, shoes dark) with
+random saturation and brightness, so colour is a cue as well as shape and position, as in the shapes demo.
+
 Parts and labels: head -> Face 13 with Hair 2 (short, fringe, long, bun), sometimes Hat 1 and Sunglasses 4;
 UpperClothes 5 or Coat 7 (open front over an UpperClothes shirt), sometimes Scarf 11; Pants 9 (long or shorts)
 or Skirt 12, or Dress 6 (replaces upper and lower clothes) or Jumpsuits 10; LeftArm 14 / RightArm 15 are the arm's
@@ -69,7 +73,7 @@ from seglab.utils import atomic_write_text
 log = logging.getLogger(__name__)
 
 GENERATOR = "seglab.demo_people"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: garment colours by class (_GARMENT_HSV)
 DEMO_PEOPLE_PARAMS: dict[str, int] = {
     "seed": 0, "num_train": 400, "num_val": 100, "size": 192, "num_cihp_train": 200, "num_cihp_val": 50,
 }  # fmt: skip
@@ -164,17 +168,31 @@ def _lerp(a: Point, b: Point, t: float) -> Point:
     return a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t
 
 
-def _colour(rng: np.random.Generator, avoid: list[np.ndarray], margin: float = 70.0) -> np.ndarray:
-    """A garment colour at least ``margin`` (RGB distance) from the colours in ``avoid`` (else the farthest)."""
-    best, best_d = None, -1.0
-    for _ in range(12):
-        c = rng.uniform(0, 255, 3) * rng.uniform(0.35, 1.0)
-        d = min((float(np.linalg.norm(c - a)) for a in avoid), default=1e9)
-        if d >= margin:
-            return c
-        if d > best_d:
-            best, best_d = c, d
-    return best
+# Garment colours by class: a hue band (centre, half-width in degrees), saturation and value ranges per label, so
+# colour is a cue to the class as well as shape and position (as the shapes demo does; with free colours a
+# from-scratch CPU model needs far more than the demo's minutes to tell a coat from a shirt or a skirt from a dress).
+_GARMENT_HSV: dict[int, tuple[float, float, tuple[float, float], tuple[float, float]]] = {
+    UPPER: (0, 15, (0.6, 1.0), (0.55, 1.0)),  # reds
+    COAT: (28, 10, (0.75, 1.0), (0.3, 0.55)),  # browns
+    DRESS: (300, 15, (0.5, 1.0), (0.55, 1.0)),  # magentas
+    JUMPSUIT: (180, 15, (0.6, 1.0), (0.5, 0.95)),  # cyans
+    PANTS: (225, 15, (0.6, 1.0), (0.35, 0.9)),  # blues
+    SKIRT: (120, 15, (0.55, 1.0), (0.45, 0.95)),  # greens
+    SCARF: (58, 10, (0.7, 1.0), (0.75, 1.0)),  # yellows
+    HAT: (270, 12, (0.5, 1.0), (0.45, 0.9)),  # purples
+    GLOVE: (0, 180, (0.0, 0.12), (0.88, 1.0)),  # white
+    SOCKS: (195, 20, (0.15, 0.35), (0.8, 1.0)),  # pale blue-grey
+    SHOE[1]: (0, 180, (0.0, 0.5), (0.1, 0.28)),  # dark, any hue (both shoes)
+}
+
+
+def _class_colour(rng: np.random.Generator, label: int) -> np.ndarray:
+    """An RGB colour (0-255) from ``label``'s band in :data:`_GARMENT_HSV`."""
+    import colorsys
+
+    hue, spread, sat, val = _GARMENT_HSV[label]
+    h = ((hue + rng.uniform(-spread, spread)) % 360) / 360
+    return np.array(colorsys.hsv_to_rgb(h, rng.uniform(*sat), rng.uniform(*val))) * 255
 
 
 # -- one figure ------------------------------------------------------------------------------------
@@ -207,11 +225,13 @@ def _sample_style(rng: np.random.Generator, cihp: bool) -> dict[str, Any]:
         "face_drop": rng.uniform(0.15, 0.45),
         "hem": (rng.uniform(0.28, 0.4), rng.uniform(0.13, 0.17)),
     }
-    avoid = [skin, s["hair"]]
-    for key in ("top_color", "shirt_color", "bottom_color", "scarf_color", "hat_color", "shoe_color", "glove_color"):
-        s[key] = _colour(rng, avoid)
-        avoid.append(s[key])
-    s["sock_color"] = _colour(rng, [skin, s["bottom_color"], s["shoe_color"]])
+    top_label = {"upper": UPPER, "coat": COAT, "dress": DRESS, "jumpsuit": JUMPSUIT}[top]
+    s["top_color"] = _class_colour(rng, top_label)
+    s["shirt_color"] = _class_colour(rng, UPPER)  # the shirt under an open coat
+    s["bottom_color"] = _class_colour(rng, SKIRT if bottom == "skirt" else PANTS)
+    for key, label in (("scarf_color", SCARF), ("hat_color", HAT), ("shoe_color", SHOE[1]), ("glove_color", GLOVE),
+                       ("sock_color", SOCKS)):
+        s[key] = _class_colour(rng, label)
     # pose: angles in degrees from straight down, positive away from the body's midline
     mode = rng.choice(["stand", "walk", "raise", "akimbo"], p=[0.35, 0.3, 0.15, 0.2])
     arms, legs = {}, {}
