@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+PARSING_LABEL_SETS = ("lip", "cihp", "atr", "pascal_person_part")  # predictions get a legend image
 
 
 def parse_tta(spec: str | None) -> tuple[bool, tuple[float, ...]]:
@@ -43,11 +44,11 @@ def _cmd_train(args) -> int:
     from seglab.config import load_config
     from seglab.engine.distributed import cleanup
     from seglab.engine.evaluator import metrics_to_text
-    from seglab.engine.trainer import Trainer
+    from seglab.engine.trainer import build_trainer
 
     cfg = load_config(args.config, args.overrides)
     try:
-        trainer = Trainer(cfg, resume=args.resume, progress=True)
+        trainer = build_trainer(cfg, resume=args.resume, progress=True)
         metrics = trainer.fit()
     finally:
         cleanup()  # under torchrun: leave the process group before exiting
@@ -57,6 +58,10 @@ def _cmd_train(args) -> int:
         from seglab.engine.coco_eval import instance_metrics_to_text
 
         print(instance_metrics_to_text(metrics))
+    elif trainer.detection:
+        from seglab.engine.parsing_eval import person_parsing_metrics_to_text
+
+        print(person_parsing_metrics_to_text(metrics))
     else:
         print(metrics_to_text(metrics, trainer.label_set.classes))
     print(f"run folder: {cfg.run_dir}")
@@ -69,12 +74,15 @@ def _cmd_eval(args) -> int:
     from seglab.data import build_dataset
     from seglab.data.palettes import get_label_set
     from seglab.engine.evaluator import evaluate, metrics_to_text
+    from seglab.engine.trainer import eval_data_config
     from seglab.registry import create_model, model_info
     from seglab.utils import atomic_write_text, resolve_device
 
     cfg = load_config(args.config, args.overrides)
     if model_info(cfg.model.name).task == "instance":
         return _eval_instances(cfg, args)
+    if model_info(cfg.model.name).detection_contract:
+        return _eval_person_parsing(cfg, args)
     if args.mode:
         cfg.eval.mode = args.mode
     if args.tta:
@@ -85,14 +93,36 @@ def _cmd_eval(args) -> int:
     device = resolve_device(cfg.train.device)
     model.to(device)
     label_set = get_label_set(cfg.data.palette)
-    dataset = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    task = "semantic" if model_info(cfg.model.name).task == "semantic" else "parsing"
+    dataset = build_dataset(eval_data_config(cfg.data), cfg.data.val_split, train=False, task=task)
     e = cfg.eval
     metrics = evaluate(
         model, dataset, num_classes=cfg.model.num_classes, mode=e.mode, crop_size=tuple(e.crop_size),
         stride=tuple(e.stride), scales=tuple(e.scales), flip=e.flip, flip_pairs=label_set.flip_pairs,
-        device=device, batch_size=e.batch_size, progress=True,
+        device=device, batch_size=e.batch_size, progress=True, absent=e.absent,
     )
     print(metrics_to_text(metrics, label_set.classes))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(metrics.to_dict(), indent=2))
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+def _eval_person_parsing(cfg, args) -> int:
+    """``seglab eval`` for Parsing R-CNN: AP^p, PCP50 and the merged maps' mIoU on CIHP-style data."""
+    from seglab.checkpoint import load_weights
+    from seglab.data import build_dataset
+    from seglab.engine.parsing_eval import evaluate_person_parsing, person_parsing_metrics_to_text
+    from seglab.registry import create_model
+    from seglab.utils import atomic_write_text, resolve_device
+
+    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+    load_weights(model, args.weights)
+    device = resolve_device(cfg.train.device)
+    dataset = build_dataset(cfg.data, cfg.data.val_split, train=False, task="instance")
+    metrics = evaluate_person_parsing(model.to(device), dataset, num_classes=cfg.model.num_classes, device=device,
+                                      absent=cfg.eval.absent)
+    print(person_parsing_metrics_to_text(metrics))
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics.to_dict(), indent=2))
         print(f"metrics written to {args.out}")
@@ -167,6 +197,62 @@ def _predict_instances(args, model, meta: dict) -> int:
     return 0
 
 
+def _is_multi_person(model) -> bool:
+    """Instance-level parsing: a detector-based model (Parsing R-CNN) or one that groups people (PGN)."""
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+    return isinstance(model, GeneralizedRCNN) or hasattr(model, "predict_instances")
+
+
+def _predict_multi_person(args, model, label_set) -> int:
+    """``seglab predict`` for multi-person parsing: per image the part map (LIP colours), a picture with each
+    person's parts coloured and each person outlined, the person-id map, and a JSON list of the people."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from seglab.data.io import read_image, write_label_png
+    from seglab.data.transforms import image_tensor, normalize_image
+    from seglab.engine.inference import model_device
+    from seglab.utils import atomic_write, atomic_write_text
+    from seglab.visualize import draw_multi_person_parsing
+
+    out = Path(args.out)
+    device = model_device(model)
+    model.eval()
+    for path in _image_files(args.inputs):
+        image = np.asarray(read_image(path))
+        with torch.no_grad():
+            if hasattr(model, "predict_instances"):  # PGN: parsing + instance edges, grouped
+                result = model.predict_instances(normalize_image(image)[None].to(device))[0]
+                parsing = np.asarray(result["parsing"])
+                human_ids = np.asarray(result["human_ids"])
+                people = [{"id": int(h["id"]), "score": float(h["score"]), "box": [float(v) for v in h["box"]]}
+                          for h in result["humans"]]
+            else:  # Parsing R-CNN: detected people, each with its parsing map pasted back
+                result = model([image_tensor(image).float().div(255).to(device)])[0]
+                keep = (result["scores"] >= args.score_threshold).nonzero().flatten().tolist()
+                parsing = np.zeros(image.shape[:2], dtype=np.int64)
+                human_ids = np.zeros(image.shape[:2], dtype=np.int64)
+                people = []
+                for rank, i in enumerate(reversed(keep)):  # lowest score first: higher scores drawn on top
+                    person = result["parsing"][i].cpu().numpy()
+                    inside = person > 0
+                    parsing[inside] = person[inside]
+                    human_ids[inside] = len(keep) - rank
+                for n, i in enumerate(keep, start=1):
+                    people.append({"id": n, "score": float(result["scores"][i]),
+                                   "box": [float(v) for v in result["boxes"][i]]})
+        write_label_png(out / f"{path.stem}.png", parsing.astype(np.uint8), label_set)
+        picture = Image.fromarray(draw_multi_person_parsing(image, parsing, human_ids, label_set.colors))
+        atomic_write(out / f"{path.stem}_people.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
+        ids = Image.fromarray(human_ids.clip(0, 255).astype(np.uint8))
+        atomic_write(out / f"{path.stem}_human_ids.png", lambda tmp, p=ids: p.save(tmp, format="PNG"))
+        atomic_write_text(out / f"{path.stem}_people.json", json.dumps(people, indent=1))
+        print(f"{path} -> {out / (path.stem + '_people.png')} ({len(people)} people)")
+    return 0
+
+
 def _image_files(inputs: list[str]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
@@ -234,7 +320,7 @@ def _cmd_predict(args) -> int:
     from seglab.engine.inference import Predictor
     from seglab.registry import create_model, model_info
     from seglab.utils import atomic_write
-    from seglab.visualize import save_heatmap, save_overlay
+    from seglab.visualize import save_heatmap, save_legend, save_overlay
 
     meta = read_metadata(args.weights)
     name = args.model or meta.get("model")
@@ -249,6 +335,10 @@ def _cmd_predict(args) -> int:
     if model_info(name).task == "instance":
         return _predict_instances(args, model, {**meta, "num_classes": num_classes})
     label_set = get_label_set(args.label_set or meta.get("label_set") or "voc")
+    if model_info(name).task == "parsing" or label_set.name in PARSING_LABEL_SETS:
+        save_legend(Path(args.out) / "legend.png", label_set.classes, label_set.colors)
+    if _is_multi_person(model):
+        return _predict_multi_person(args, model, label_set)
     flip, scales = parse_tta(args.tta)
     crop = tuple(args.crop_size)
     if args.mc_samples < 0:
@@ -289,6 +379,14 @@ def _cmd_convert_torchvision(args) -> int:
     return 0
 
 
+def _cmd_convert_schp(args) -> int:
+    from seglab.convert.schp import convert_schp
+
+    dst = convert_schp(args.src, args.dst, dataset=args.dataset, model=args.model)
+    print(f"{args.src} -> {dst} (seglab {args.model or 'schp model'})")
+    return 0
+
+
 def _cmd_check_dataset(args) -> int:
     from seglab.data.check import check_dataset
 
@@ -298,6 +396,17 @@ def _cmd_check_dataset(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    if args.task == "parsing":
+        from seglab.parsing_demo import run_parsing_demo
+
+        run_parsing_demo(args.overrides)
+        return 0
+    if args.task == "instance":  # about 25 minutes on 2 CPU cores
+        from seglab.instance_demo import train_instance_demo
+
+        result = train_instance_demo(output_dir="runs")
+        print(json.dumps(result, indent=1))
+        return 0
     from seglab.demo import run_demo
 
     run_demo(args.overrides)
@@ -373,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="default: read from the checkpoint's classifier")
     p.add_argument("--label-set", default="voc", help="label set recorded in the weights (default: voc)")
     p.set_defaults(func=_cmd_convert_torchvision)
+    p = convert.add_parser("schp", help="a checkpoint released with SCHP (Self-Correction for Human Parsing)")
+    p.add_argument("src", help="SCHP .pth file, e.g. exp-schp-201908261155-lip.pth")
+    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("--dataset", choices=["lip", "atr", "pascal_person_part"], help="default: from the class count")
+    p.add_argument("--model", choices=["schp_resnet101", "schp_resnet50", "schp_resnet18"],
+                   help="seglab model (default: the depth the checkpoint's keys show; schp_resnet101 for SCHP's files)")
+    p.set_defaults(func=_cmd_convert_schp)
 
     p = sub.add_parser("check-dataset", help="scan a dataset for bad files and print label statistics")
     p.add_argument("target", metavar="CONFIG_OR_PATH", help="a config YAML or a dataset folder")
@@ -382,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate demo data, train, evaluate and predict")
     p.add_argument("overrides", nargs="*", help="key.sub=value applied to the demo config")
+    p.add_argument("--task", choices=["semantic", "parsing", "instance"], default="semantic",
+                   help="semantic: U-Net on the demo shapes (default); parsing: SCHP on synthetic people; "
+                        "instance: Mask R-CNN on the demo shapes (about 25 CPU minutes)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("plot", help="draw a run's loss/lr, val mIoU, per-class IoU and confusion PNGs")

@@ -183,6 +183,61 @@ def save_instances(
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
+def legend(class_names: Sequence[str], colors: Sequence[tuple[int, int, int]], *, row_height: int = 20,
+           width: int = 220) -> np.ndarray:
+    """``HxWx3`` uint8 legend: one row per class, a colour swatch and ``"index name"`` in black on white."""
+    from PIL import Image, ImageDraw
+
+    if len(class_names) != len(colors):
+        raise ValueError(f"legend: {len(class_names)} names but {len(colors)} colours")
+    palette = _palette(colors)
+    picture = Image.new("RGB", (width, row_height * len(class_names) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    for i, name in enumerate(class_names):
+        top = 2 + i * row_height
+        draw.rectangle([4, top + 2, 4 + row_height * 2, top + row_height - 2], fill=tuple(int(v) for v in palette[i]),
+                       outline=(0, 0, 0))
+        draw.text((12 + row_height * 2, top + row_height // 2 - 6), f"{i:2d} {name}", fill=(0, 0, 0))
+    return np.asarray(picture)
+
+
+def save_legend(path: str | Path, class_names: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> Path:
+    """Write :func:`legend` as a PNG, atomically."""
+    from PIL import Image
+
+    picture = Image.fromarray(legend(class_names, colors))
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def person_outlines(human_ids: np.ndarray) -> np.ndarray:
+    """``HxW`` bool: the pixels of each person (``human_ids`` > 0) that touch another id (a 1-pixel outline)."""
+    ids = np.asarray(human_ids)
+    if ids.ndim != 2:
+        raise ValueError(f"person_outlines: human_ids must be HxW, got shape {ids.shape}")
+    edge = np.zeros(ids.shape, dtype=bool)
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
+    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
+    return edge & (ids > 0)
+
+
+def draw_multi_person_parsing(
+    image: Any, parsing: np.ndarray, human_ids: np.ndarray, colors: Sequence[tuple[int, int, int]],
+    *, alpha: float = 0.5,
+) -> np.ndarray:
+    """The parsing overlay with every person outlined in its own colour (multi-person parsing pictures)."""
+    picture = overlay(image, parsing, colors, alpha)
+    ids = np.asarray(human_ids)
+    if ids.shape != picture.shape[:2]:
+        raise ValueError(f"human_ids {ids.shape} and image {picture.shape[:2]} differ in size")
+    outline = person_outlines(ids)
+    person_colors = np.asarray(instance_colors(int(ids.max()) + 1), dtype=np.uint8) if ids.size else None
+    if person_colors is not None and outline.any():
+        picture[outline] = person_colors[ids[outline]]
+    return picture
+
+
 def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train and val records of a metrics.jsonl, sorted by iteration, the last record per iteration
     kept (a resumed run logs again the iterations after its last checkpoint)."""

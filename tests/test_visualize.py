@@ -64,3 +64,38 @@ def test_plot_curves_malformed_line_names_file_and_line(tmp_path):
     path.write_text('{"loss": 1.0}\n')
     with pytest.raises(ValueError, match="line 1.*iter"):
         plot_curves(path, tmp_path / "curves.png")
+
+
+def test_legend_has_one_swatch_per_class_in_its_colour(tmp_path):
+    from seglab.visualize import legend, save_legend
+
+    colors = [(0, 0, 0), (128, 0, 0), (255, 0, 0)]
+    picture = legend(["Background", "Hat", "Hair"], colors, row_height=20)
+    assert picture.shape == (64, 220, 3)
+    for i, color in enumerate(colors):  # the swatch's centre holds the class colour
+        assert tuple(picture[2 + i * 20 + 10, 24]) == color
+    path = save_legend(tmp_path / "legend.png", ["a", "b", "c"], colors)
+    assert Image.open(path).size == (220, 64)
+    with pytest.raises(ValueError, match="2 names but 3"):
+        legend(["a", "b"], colors)
+
+
+def test_person_outlines_and_multi_person_picture():
+    from seglab.visualize import draw_multi_person_parsing, instance_colors, person_outlines
+
+    ids = np.zeros((6, 8), dtype=np.int64)
+    ids[1:5, 1:4] = 1
+    ids[1:5, 4:7] = 2
+    outline = person_outlines(ids)
+    # person 1's border pixels: its rectangle minus the 2x1 interior
+    expected = np.zeros_like(outline)
+    expected[1:5, 1:7] = True
+    expected[2:4, 2] = False
+    expected[2:4, 5] = False
+    assert np.array_equal(outline, expected)
+    image = np.full((6, 8, 3), 100, dtype=np.uint8)
+    parsing = np.where(ids > 0, 5, 0)
+    picture = draw_multi_person_parsing(image, parsing, ids, [(0, 0, 0)] * 5 + [(255, 85, 0)])
+    colors = instance_colors(3)
+    assert tuple(picture[1, 1]) == colors[1] and tuple(picture[1, 6]) == colors[2]
+    assert tuple(picture[2, 2]) == (178, 92, 50)  # interior: the overlay of class 5's colour (alpha 0.5)

@@ -48,6 +48,7 @@ from seglab.checkpoint import (
 from seglab.config import Config, save_config
 from seglab.engine import distributed as dist_utils
 from seglab.errors import ConfigError, TrainingError
+from seglab.losses import SegmentationLoss
 from seglab.registry import create_model, model_info
 from seglab.utils import atomic_write_text, resolve_device, seed_everything
 
@@ -192,8 +193,6 @@ class Trainer:
     def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = False) -> None:
         from seglab.data import build_dataset
         from seglab.data.palettes import get_label_set
-        from seglab.losses import SegmentationLoss
-
         self.cfg = cfg
         t = cfg.train
         self.dist, self.device = dist_utils.init_from_env(resolve_device(t.device))
@@ -213,6 +212,9 @@ class Trainer:
         seed_everything(t.seed)
         self.label_set = get_label_set(cfg.data.palette)
         self.task = model_info(cfg.model.name).task
+        # lists of images and target dicts in, a dict of losses out: instance models and Parsing R-CNN
+        self.detection = model_info(cfg.model.name).detection_contract
+        data_task = "instance" if self.detection else self.task
         self.model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
         if t.sync_bn and self.dist.distributed:
             if self.device.type != "cuda":
@@ -232,8 +234,8 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=t.find_unused_parameters,
             )
-        self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, task=self.task)
-        self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False, task=self.task)
+        self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, task=data_task)
+        self.val_set = build_dataset(eval_data_config(cfg.data), cfg.data.val_split, train=False, task=data_task)
         if len(self.train_set) < cfg.data.batch_size:
             raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_set)} training images"
@@ -242,13 +244,17 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(cfg, it))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self._logger = None
-        self.criterion = None  # instance models compute their own losses
-        if self.task != "instance":
-            self.criterion = SegmentationLoss(
-                aux_weights=cfg.train.aux_weights,
-                class_weights=self._class_weights(),
-                bootstrap_top_k=_top_k(cfg.train.bootstrap_top_k),
-            ).to(self.device)
+        self.criterion = None  # detection-contract models compute their own losses
+        if not self.detection:
+            if cfg.train.loss == "ce":
+                self.criterion = SegmentationLoss(
+                    aux_weights=cfg.train.aux_weights,
+                    class_weights=self._class_weights(),
+                    bootstrap_top_k=_top_k(cfg.train.bootstrap_top_k),
+                )
+            else:
+                self.criterion = build_parsing_criterion(cfg)
+            self.criterion.to(self.device)
         self.iteration = 0
         self.best_score = -1.0  # val mIoU (semantic) or mask AP (instance)
         self.history: list[dict[str, Any]] = []
@@ -383,7 +389,7 @@ class Trainer:
         per_epoch = len(self.train_set) // bs
         epoch, start = divmod(self.iteration * self.cfg.train.accumulate_steps, per_epoch)
         collate = None
-        if self.task == "instance":
+        if self.detection:
             from seglab.data.instance_transforms import collate_instances as collate
         while True:
             sampler = _EpochSampler(
@@ -421,7 +427,7 @@ class Trainer:
     def _forward_loss(self, images, targets) -> tuple[torch.Tensor, dict[str, float]]:
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         autocast = torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
-        if self.task == "instance":
+        if self.detection:
             images = [im.to(self.device, non_blocking=True) for im in images]
             targets = [{k: _plain(v).to(self.device) for k, v in t.items()} for t in targets]
             with autocast:
@@ -429,7 +435,13 @@ class Trainer:
             losses = {k: v.float() for k, v in losses.items()}
             loss = sum(losses.values())
             return loss, {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
-        images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        images = images.to(self.device, non_blocking=True)
+        if isinstance(targets, dict):  # parsing targets with extras (pose joints, person ids)
+            targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
+            if isinstance(self.criterion, SegmentationLoss):
+                targets = targets["mask"]
+        else:
+            targets = targets.to(self.device, non_blocking=True)
         if self.cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast:
@@ -492,6 +504,11 @@ class Trainer:
         starts = range(self.dist.rank * bs, n, self.dist.world_size * bs)
         return torch.utils.data.Subset(self.val_set, [i for b in starts for i in range(b, min(b + bs, n))])
 
+    def eval_model(self) -> torch.nn.Module:
+        """The model that is evaluated and saved as best.safetensors (methods that keep another model, such as
+        self-correction's aggregated model, override this)."""
+        return self.model
+
     def evaluate(self):
         """Validation metrics: SegMetrics (semantic) or InstanceMetrics with COCO AP (instance).
 
@@ -502,14 +519,19 @@ class Trainer:
             from seglab.engine.coco_eval import evaluate_instances
 
             return evaluate_instances(  # shards and gathers by itself under torch.distributed
-                self.model, self.val_set, device=self.device, batch_size=self.cfg.eval.batch_size,
+                self.eval_model(), self.val_set, device=self.device, batch_size=self.cfg.eval.batch_size,
                 results_dir=self.run_dir / "coco_results" if self.is_main else None,
             )
+        if self.detection:  # Parsing R-CNN: AP^p, PCP and the merged maps' mIoU (every rank evaluates all)
+            from seglab.engine.parsing_eval import evaluate_person_parsing
+
+            return evaluate_person_parsing(self.eval_model(), self.val_set, num_classes=self.cfg.model.num_classes,
+                                           device=self.device, absent=self.cfg.eval.absent)
         from seglab.engine.evaluator import evaluate_confusion
 
         e = self.cfg.eval
         return evaluate_confusion(
-            self.model,
+            self.eval_model(),
             self._val_shard(),
             num_classes=self.cfg.model.num_classes,
             mode=e.mode,
@@ -521,7 +543,7 @@ class Trainer:
             device=self.device,
             batch_size=e.batch_size,
             progress=False,
-        ).all_reduce().compute()
+        ).all_reduce().compute(absent=e.absent)
 
     def fit(self, stop_at: int | None = None):
         """Train to ``cfg.train.iters``; returns the final validation metrics.
@@ -570,7 +592,7 @@ class Trainer:
                         if self.is_main:
                             save_weights(
                                 self.ckpt_dir / "best.safetensors",
-                                self.model.state_dict(),
+                                self.eval_model().state_dict(),
                                 {**self.weights_metadata(), score_name: score},
                             )
                 if self.iteration % cfg.train.checkpoint_interval == 0 or self.iteration in (total, stop_at):
@@ -589,6 +611,41 @@ class Trainer:
         except ImportError as exc:  # matplotlib is a dependency; only a broken install gets here
             log.warning("curves.png not drawn: %s", exc)
         return metrics
+
+
+PARSING_LOSSES = ("ce", "ce2p", "jppnet", "ss_jppnet", "pgn")
+
+
+def build_parsing_criterion(cfg: Config) -> torch.nn.Module:
+    """The loss ``train.loss`` names for a parsing model (each reads its model's train-mode output dict):
+    ``ce2p`` SCHP's CE2P loss (Lovasz + CE, edge, consistency), ``jppnet`` JPPNet's parsing CE + pose L2,
+    ``ss_jppnet`` SS-JPPNet's structure-sensitive loss, ``pgn`` PGN's parsing + instance-edge loss."""
+    name, k = cfg.train.loss, cfg.model.num_classes
+    if name == "ce2p":
+        from seglab.losses import CE2PLoss
+
+        return CE2PLoss(k)
+    if name == "jppnet":
+        from seglab.pose import JPPNetLoss
+
+        return JPPNetLoss()
+    if name == "ss_jppnet":
+        from seglab.pose import SSJPPNetLoss
+
+        return SSJPPNetLoss()
+    if name == "pgn":
+        from seglab.models.parsing.pgn import PGNLoss
+
+        return PGNLoss()
+    raise ConfigError(f"train.loss: unknown loss {name!r}; expected one of: {', '.join(PARSING_LOSSES)}")
+
+
+def eval_data_config(data):
+    """The data section for validation: parsing extras (pose joints, person ids) are training targets only."""
+    import dataclasses
+
+    extras = {f: False for f in ("with_pose", "with_humans") if getattr(data, f, False)}
+    return dataclasses.replace(data, **extras) if extras else data
 
 
 def _score(metrics) -> tuple[str, float]:
@@ -642,13 +699,27 @@ def _progress_bar(enabled: bool):
     )
 
 
+def build_trainer(cfg: Config, *, resume: bool = False, progress: bool = False) -> Trainer:
+    """A :class:`Trainer` for ``cfg``, or SCHP's SelfCorrectionTrainer when ``self_correction.enabled``."""
+    sc = cfg.self_correction
+    if not sc.enabled:
+        return Trainer(cfg, resume=resume, progress=progress)
+    from seglab.methods.self_correction import SelfCorrectionOptions, SelfCorrectionTrainer
+
+    options = SelfCorrectionOptions(
+        cycle_start=sc.cycle_start, cycle_len=sc.cycle_len, bn_batches=sc.bn_batches, lambda_s=sc.lambda_s,
+        lambda_e=sc.lambda_e, lambda_c=sc.lambda_c,
+    )
+    return SelfCorrectionTrainer(cfg, options, resume=resume, progress=progress)
+
+
 def train(cfg: Config, *, resume: bool = False, progress: bool = False):
-    """Build a :class:`Trainer` for ``cfg`` and run it; returns the final validation metrics."""
-    trainer = Trainer(cfg, resume=resume, progress=progress)
+    """Build the trainer for ``cfg`` (:func:`build_trainer`) and run it; returns the final validation metrics."""
+    trainer = build_trainer(cfg, resume=resume, progress=progress)
     try:
         return trainer.fit()
     finally:
         dist_utils.cleanup()
 
 
-__all__ = ["Trainer", "build_optimizer", "lr_factor", "train"]
+__all__ = ["Trainer", "build_optimizer", "build_trainer", "lr_factor", "train"]

@@ -1,0 +1,56 @@
+"""`seglab demo --task parsing`: the job end to end on a tiny people set (fast), and the recorded result (slow)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from seglab.cli import main
+from seglab.config import config_to_dict, load_config
+from seglab.data.datasets.demo_people import generate_demo_people
+from seglab.parsing_demo import RESULTS_FILE, parsing_demo_config, run_parsing_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_shipped_config_is_the_demo_config():
+    shipped = load_config(ROOT / "configs/schp/schp_resnet18_demo_people.yaml")
+    assert config_to_dict(shipped) == config_to_dict(parsing_demo_config())
+
+
+def test_parsing_demo_runs_end_to_end_from_the_cli(tmp_path, capsys):
+    people = generate_demo_people(tmp_path / "people", seed=1, num_train=8, num_val=3, size=64, num_cihp_train=1,
+                                  num_cihp_val=1)
+    overrides = [f"data.root={people}", f"output_dir={tmp_path / 'runs'}", "data.crop_size=[64,64]",
+                 "data.batch_size=4", "data.workers=0", "train.iters=4", "train.eval_interval=0",
+                 "self_correction.cycle_start=2", "self_correction.cycle_len=2", "self_correction.bn_batches=1",
+                 "model.kwargs={head_width: 32}", "schedule.warmup_iters=1"]
+    assert main(["demo", "--task", "parsing", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "val mIoU (LIP rule, 20 classes)" in out
+    parsing = tmp_path / "runs/demo_parsing/parsing"
+    assert Image.open(parsing / "legend.png").size[1] == 404
+    maps = sorted(parsing.glob("val_*[0-9].png"))
+    assert len(maps) == 3 and Image.open(maps[0]).mode == "P"
+    assert (tmp_path / "runs/demo_parsing/checkpoints/schp.safetensors").is_file()  # two cycles aggregated
+
+
+@pytest.mark.slow
+def test_the_parsing_demo_reaches_its_target(tmp_path, monkeypatch):
+    """The full demo job (about 15 CPU minutes): LIP-rule mIoU >= 0.6, and within 0.03 of the recorded run."""
+    monkeypatch.setenv("SEGLAB_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(2)
+    summary = run_parsing_demo([f"output_dir={tmp_path / 'runs'}"])
+    assert summary["mIoU"] >= 0.6, summary["mIoU"]
+    recorded = json.loads(RESULTS_FILE.read_text())["result"]
+    assert abs(summary["mIoU"] - recorded["mIoU"]) <= 0.03, (summary["mIoU"], recorded["mIoU"])
