@@ -35,6 +35,8 @@ FAST_MODELS = {
     "deeplabv3_mobilenet_v3_large": {},
     "enet": {},  # max-unpooling as a scatter (ScatterElements)
     "segnet_vgg16": {},  # five unpoolings at odd sizes (ceil-mode pools)
+    "schp_resnet18": {"head_width": 32},  # parsing: PSP's adaptive pooling at a dynamic size
+    "pgn_resnet50": {"width": 32},  # parsing: pyramid pooling whose kernel follows the input size
 }
 ODD_SIZES = [(7, 9), (13, 5), (17, 23), (33, 17), (1, 1)]
 

@@ -291,3 +291,15 @@ def test_a_few_training_steps_lower_the_loss():
         losses.append(parts["loss"])
     assert all(b < a for a, b in zip(losses[:-1], losses[1:], strict=True)), losses
     assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize("size", [(60, 60), (9, 13), (61, 47), (7, 5), (1, 3)])
+def test_window_pooling_equals_avg_pool2d_with_the_size_dependent_kernel(size):
+    from seglab.models.parsing.pgn import PYRAMID_KERNELS, PYRAMID_REFERENCE_SIZE, window_avg_pool2d
+
+    x = torch.randn(2, 3, *size)
+    pp = PyramidPooling(1, 1)
+    for level, k in enumerate(PYRAMID_KERNELS):
+        kernel = pp.kernel_size(*size, level)
+        expected = F.avg_pool2d(x, kernel, stride=kernel, ceil_mode=True, count_include_pad=False)
+        torch.testing.assert_close(window_avg_pool2d(x, k, PYRAMID_REFERENCE_SIZE), expected, atol=1e-6, rtol=1e-5)

@@ -96,10 +96,32 @@ class PyramidPooling(nn.Module):
         size = x.shape[-2:]
         levels = [x]
         for level, conv in enumerate(self.convs):
-            kernel = self.kernel_size(size[0], size[1], level)
-            pooled = F.avg_pool2d(x, kernel, stride=kernel, ceil_mode=True, count_include_pad=False)
+            pooled = window_avg_pool2d(x, self.kernels[level], PYRAMID_REFERENCE_SIZE)
             levels.append(F.interpolate(conv(pooled), size=size, mode="bilinear", align_corners=False))
         return torch.cat(levels, 1)
+
+
+def _window_pool_matrix(size: int | Tensor, kernel: int | Tensor, like: Tensor) -> Tensor:
+    """``[ceil(size / kernel), size]`` matrix averaging windows ``[i * kernel, min((i + 1) * kernel, size))``."""
+    positions = torch.arange(size, device=like.device)
+    start = torch.arange((size + kernel - 1) // kernel, device=like.device) * kernel
+    end = torch.clamp(start + kernel, max=size)
+    inside = (positions[None, :] >= start[:, None]) & (positions[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+def window_avg_pool2d(x: Tensor, kernel: int, reference: int) -> Tensor:
+    """Average pooling with kernel = stride = ``ceil(side * kernel / reference)`` per axis, ceil mode, partial
+    windows averaged over their own pixels: ``F.avg_pool2d(x, k, k, ceil_mode=True, count_include_pad=False)``.
+
+    Written as two products with averaging matrices whose windows are computed from ``x``'s (possibly traced) size,
+    so the ONNX graph keeps dynamic height and width (``avg_pool2d`` would bake the traced kernel in).
+    """
+    height, width = x.shape[-2], x.shape[-1]
+    k_h = (height * kernel + reference - 1) // reference  # ints in eager mode, traced sizes under export
+    k_w = (width * kernel + reference - 1) // reference
+    pool_h, pool_w = _window_pool_matrix(height, k_h, x), _window_pool_matrix(width, k_w, x)
+    return pool_h @ x @ pool_w.transpose(0, 1)
 
 
 class _PoolingHead(nn.Module):
