@@ -79,6 +79,14 @@ def _init_head(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+
+def _floor(value: float | Tensor) -> int | Tensor:
+    """``int(value)`` for a size scaled by a float: a Python int in eager mode, a traced integer tensor while
+    exporting (so the ONNX graph keeps dynamic input sizes instead of the traced ones)."""
+    if isinstance(value, Tensor):
+        return torch.floor(value).to(torch.int64)
+    return int(value)
+
 class AtrousSum(nn.Module):
     """DeepLab-v2's classifier: the sum of 3x3 convolutions at several atrous rates (``fc1_human``)."""
 
@@ -169,7 +177,7 @@ class JPPNet(nn.Module):
     def _resized(x: Tensor, scale: float) -> Tensor:
         if scale == 1.0:
             return x
-        size = (int(x.shape[-2] * scale), int(x.shape[-1] * scale))
+        size = (_floor(x.shape[-2] * scale), _floor(x.shape[-1] * scale))
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor | list[Tensor]]:
@@ -248,7 +256,7 @@ class SSJPPNet(nn.Module):
         for s in self.scales:
             xs = x
             if s != 1.0:  # Caffe Interp: (H - 1) * s + 1 pixels, aligned corners
-                size = (int((height - 1) * s) + 1, int((width - 1) * s) + 1)
+                size = (_floor((height - 1) * s) + 1, _floor((width - 1) * s) + 1)
                 xs = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
             feat = self.features(xs)
             feats.append(feat)
