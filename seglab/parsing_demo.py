@@ -7,9 +7,9 @@ here) with SCHP's recipe scaled down to about 15 CPU minutes: 128x128 person-cen
 rotation, flip with the left/right label swap), the CE2P loss (Lovasz-softmax + cross-entropy, edge and
 consistency terms), SCHP's warm-up + cosine schedule to iteration 400 and then three self-correction cycles of
 100 iterations (online model aggregation with BatchNorm re-estimation, soft labels from the aggregated model).
-AdamW (lr 3e-3) replaces SCHP's SGD: from scratch it learns the synthetic people in the demo's budget. It reports LIP-style mIoU: SCHP's rule, every one of
-the 20 classes in the mean (an absent class counts 0), on the synthetic val people, then writes LIP-coloured
-parsing maps, overlays and a legend for a few val images.
+AdamW (lr 3e-3) replaces SCHP's SGD: from scratch it learns the synthetic people in the demo's budget. It
+reports LIP-style mIoU: SCHP's rule, every one of the 20 classes in the mean (an absent class counts 0), on the
+synthetic val people, then writes LIP-coloured parsing maps, overlays and a legend for a few val images.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -300,10 +301,19 @@ def generate_demo_data(
         raise ValueError(f"size must be at least 32, got {size}")
     root = Path(root)
     _check_replaceable(root)
+    manifest = _manifest(seed, num_train, num_val, size)
+    return replace_folder_atomically(root, lambda tmp: _write_dataset(tmp, seed, num_train, num_val, size), manifest)
+
+
+def replace_folder_atomically(root: Path, write: Callable[[Path], None], manifest: dict[str, Any]) -> Path:
+    """Build a generated dataset with ``write(tmp)`` in a temporary sibling folder, then rename it to ``root``
+    (a previous folder there is moved aside first and removed after), so an interrupted generation never leaves
+    a half dataset that looks complete. ``write`` writes ``manifest.json`` last; if another process renamed the
+    same generation (equal ``manifest``) into place first, its copy is kept."""
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
-        _write_dataset(tmp, seed, num_train, num_val, size)
+        write(tmp)
         os.chmod(tmp, 0o755)
         old = None
         if root.is_dir():
@@ -315,8 +325,7 @@ def generate_demo_data(
         try:
             os.replace(tmp, root)
         except OSError:
-            # another process finished the same generation first: keep its copy
-            if _read_manifest(root) != _manifest(seed, num_train, num_val, size):
+            if _read_manifest(root) != manifest:  # another process finished the same generation first
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
@@ -327,10 +336,15 @@ def generate_demo_data(
     return root
 
 
+def cache_folder(name: str) -> Path:
+    """``$SEGLAB_CACHE/<name>``, else ``~/.cache/seglab/<name>``: where generated demo data live."""
+    cache = os.environ.get("SEGLAB_CACHE")
+    return (Path(cache) if cache else Path.home() / ".cache" / "seglab") / name
+
+
 def default_demo_root() -> Path:
     """``$SEGLAB_CACHE/demo_shapes``, else ``~/.cache/seglab/demo_shapes``."""
-    cache = os.environ.get("SEGLAB_CACHE")
-    return (Path(cache) if cache else Path.home() / ".cache" / "seglab") / "demo_shapes"
+    return cache_folder("demo_shapes")
 
 
 def ensure_demo_data(root: str | Path | None = None) -> Path:

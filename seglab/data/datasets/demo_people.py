@@ -55,17 +55,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from seglab.data.datasets.demo import _background, _read_manifest, _save_png
+from seglab.data.datasets.demo import _background, _read_manifest, _save_png, cache_folder, replace_folder_atomically
 from seglab.data.palettes import LIP_CLASSES, get_label_set
 from seglab.errors import DatasetError
 from seglab.utils import atomic_write_text
@@ -588,39 +584,19 @@ def generate_demo_people(
               "num_cihp_train": num_cihp_train, "num_cihp_val": num_cihp_val}  # fmt: skip
     root = Path(root)
     _check_replaceable(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         palette = get_label_set("lip").palette_bytes()
         _write_lip(tmp / "LIP", seed, (("train", num_train), ("val", num_val)), size, palette)
         _write_cihp(tmp / "CIHP", seed, (("train", num_cihp_train), ("val", num_cihp_val)), size, palette)
         atomic_write_text(tmp / "manifest.json", json.dumps(_manifest(**params), indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        old = None
-        if root.is_dir():
-            if any(root.iterdir()):
-                old = root.with_name(f".{root.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(root, old)
-            else:
-                root.rmdir()
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if _read_manifest(root) != _manifest(**params):  # another process finished the same generation first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+
+    return replace_folder_atomically(root, write, _manifest(**params))
 
 
 def default_demo_people_root() -> Path:
     """``$SEGLAB_CACHE/demo_people``, else ``~/.cache/seglab/demo_people``."""
-    cache = os.environ.get("SEGLAB_CACHE")
-    return (Path(cache) if cache else Path.home() / ".cache" / "seglab") / "demo_people"
+    return cache_folder("demo_people")
 
 
 def ensure_demo_people(root: str | Path | None = None) -> Path:
