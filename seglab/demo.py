@@ -8,6 +8,7 @@ through the same VOC loader as real data. The config below is also kept as confi
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from seglab.config import Config, apply_overrides, config_from_dict
@@ -33,27 +34,43 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 
 
-def demo_config(overrides: list[str] | None = None) -> Config:
-    """The demo's config, with ``key.sub=value`` overrides applied."""
+def config_with_overrides(base: dict[str, Any], overrides: list[str] | None, source: str) -> Config:
+    """``base`` (left unchanged) with ``key.sub=value`` overrides applied, as a typed Config."""
     import copy
 
-    data = copy.deepcopy(DEMO_CONFIG)
+    data = copy.deepcopy(base)
     if overrides:
         apply_overrides(data, overrides)
-    return config_from_dict(data, "seglab demo")
+    return config_from_dict(data, source)
+
+
+def demo_config(overrides: list[str] | None = None) -> Config:
+    """The demo's config, with ``key.sub=value`` overrides applied."""
+    return config_with_overrides(DEMO_CONFIG, overrides, "seglab demo")
+
+
+def write_val_predictions(predictor: Any, trainer: Any, out_dir: Path, num_images: int) -> None:
+    """For the first ``num_images`` val images: the predicted label PNG (the label set's palette) and an overlay."""
+    import numpy as np
+
+    from seglab.data.io import read_image, write_label_png
+    from seglab.visualize import save_overlay
+
+    for image_path in trainer.val_set.image_paths[:num_images]:
+        image = np.asarray(read_image(image_path))
+        label = predictor(image)
+        save_overlay(out_dir / f"{image_path.stem}_overlay.png", image, label, trainer.label_set.colors)
+        write_label_png(out_dir / f"{image_path.stem}.png", label.astype(np.uint8), trainer.label_set)
 
 
 def run_demo(overrides: list[str] | None = None, *, num_overlays: int = 8, console=None) -> dict[str, Any]:
     """Generate the data if needed, train, evaluate, write overlays; returns what went where."""
-    import numpy as np
     from rich.console import Console
 
     from seglab.data.datasets.demo import ensure_demo_data
-    from seglab.data.io import read_image, write_label_png
     from seglab.engine.evaluator import metrics_to_text
     from seglab.engine.inference import Predictor
     from seglab.engine.trainer import Trainer
-    from seglab.visualize import save_overlay
 
     console = console or Console()
     t_start = time.perf_counter()
@@ -74,13 +91,7 @@ def run_demo(overrides: list[str] | None = None, *, num_overlays: int = 8, conso
     console.print(metrics_to_text(metrics, trainer.label_set.classes))
 
     out_dir = cfg.run_dir / "overlays"
-    predictor = Predictor(trainer.model, device=trainer.device)
-    colors = trainer.label_set.colors
-    for image_path in trainer.val_set.image_paths[:num_overlays]:
-        image = np.asarray(read_image(image_path))
-        label = predictor(image)
-        save_overlay(out_dir / f"{image_path.stem}_overlay.png", image, label, colors)
-        write_label_png(out_dir / f"{image_path.stem}.png", label.astype(np.uint8), trainer.label_set)
+    write_val_predictions(Predictor(trainer.model, device=trainer.device), trainer, out_dir, num_overlays)
 
     total_s = time.perf_counter() - t_start
     ckpt = cfg.run_dir / "checkpoints"

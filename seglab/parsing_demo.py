@@ -14,13 +14,12 @@ synthetic val people, then writes LIP-coloured parsing maps, overlays and a lege
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from seglab.config import Config, apply_overrides, config_from_dict
+from seglab.config import Config
 
 RESULTS_FILE = Path(__file__).resolve().parents[1] / "docs" / "parsing_demo.json"
 
@@ -51,23 +50,21 @@ PARSING_DEMO_CONFIG: dict[str, Any] = {
 
 def parsing_demo_config(overrides: list[str] | None = None) -> Config:
     """The parsing demo's config, with ``key.sub=value`` overrides applied."""
-    data = copy.deepcopy(PARSING_DEMO_CONFIG)
-    if overrides:
-        apply_overrides(data, overrides)
-    return config_from_dict(data, "seglab demo --task parsing")
+    from seglab.demo import config_with_overrides
+
+    return config_with_overrides(PARSING_DEMO_CONFIG, overrides, "seglab demo --task parsing")
 
 
 def run_parsing_demo(overrides: list[str] | None = None, *, num_overlays: int = 8, console=None) -> dict[str, Any]:
     """Generate the synthetic people if needed, train, evaluate, write parsing maps; returns what went where."""
-    import numpy as np
     from rich.console import Console
 
     from seglab.data.datasets.demo_people import ensure_demo_people
-    from seglab.data.io import read_image, write_label_png
+    from seglab.demo import write_val_predictions
     from seglab.engine.evaluator import metrics_to_text
     from seglab.engine.inference import Predictor
     from seglab.engine.trainer import build_trainer
-    from seglab.visualize import save_legend, save_overlay
+    from seglab.visualize import save_legend
 
     console = console or Console()
     t_start = time.perf_counter()
@@ -89,15 +86,9 @@ def run_parsing_demo(overrides: list[str] | None = None, *, num_overlays: int = 
     console.print(metrics_to_text(metrics, trainer.label_set.classes))
 
     out_dir = cfg.run_dir / "parsing"
-    model = trainer.eval_model()
-    predictor = Predictor(model, device=trainer.device, flip_pairs=trainer.label_set.flip_pairs)
-    colors = trainer.label_set.colors
-    save_legend(out_dir / "legend.png", trainer.label_set.classes, colors)
-    for image_path in trainer.val_set.image_paths[:num_overlays]:
-        image = np.asarray(read_image(image_path))
-        label = predictor(image)
-        save_overlay(out_dir / f"{image_path.stem}_overlay.png", image, label, colors)
-        write_label_png(out_dir / f"{image_path.stem}.png", label.astype(np.uint8), trainer.label_set)
+    predictor = Predictor(trainer.eval_model(), device=trainer.device, flip_pairs=trainer.label_set.flip_pairs)
+    save_legend(out_dir / "legend.png", trainer.label_set.classes, trainer.label_set.colors)
+    write_val_predictions(predictor, trainer, out_dir, num_overlays)
 
     total_s = time.perf_counter() - t_start
     summary = {

@@ -278,16 +278,19 @@ def _read_manifest(root: Path) -> dict[str, Any] | None:
         return None
 
 
-def _check_replaceable(root: Path) -> None:
-    """Refuse to replace a folder that holds anything the generator does not write."""
+def check_replaceable(
+    root: Path, entries: set[str] = _ENTRIES, what: str = "demo data", kind: str = "demo dataset"
+) -> None:
+    """Refuse to replace a folder that holds anything the generator does not write (``entries``); ``what`` and
+    ``kind`` name the generated data in the error."""
     if root.exists() and not root.is_dir():
-        raise DatasetError(f"{root}: exists and is not a folder; cannot write the demo data there")
+        raise DatasetError(f"{root}: exists and is not a folder; cannot write the {what} there")
     if root.is_dir():
-        foreign = sorted(p.name for p in root.iterdir() if p.name not in _ENTRIES)
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in entries)
         if foreign:
             raise DatasetError(
-                f"{root}: not empty and not a demo dataset (holds {', '.join(foreign[:5])}); "
-                "refusing to replace it with the demo data"
+                f"{root}: not empty and not a {kind} (holds {', '.join(foreign[:5])}); "
+                f"refusing to replace it with the {what}"
             )
 
 
@@ -300,7 +303,7 @@ def generate_demo_data(
     if size < 32:
         raise ValueError(f"size must be at least 32, got {size}")
     root = Path(root)
-    _check_replaceable(root)
+    check_replaceable(root)
     manifest = _manifest(seed, num_train, num_val, size)
     return replace_folder_atomically(root, lambda tmp: _write_dataset(tmp, seed, num_train, num_val, size), manifest)
 

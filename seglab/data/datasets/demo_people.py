@@ -61,9 +61,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from seglab.data.datasets.demo import _background, _read_manifest, _save_png, cache_folder, replace_folder_atomically
+from seglab.data.datasets.demo import (
+    _background,
+    _read_manifest,
+    _save_png,
+    cache_folder,
+    check_replaceable,
+    replace_folder_atomically,
+)
 from seglab.data.palettes import LIP_CLASSES, get_label_set
-from seglab.errors import DatasetError
 from seglab.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -550,19 +556,6 @@ def _write_cihp(out: Path, seed: int, splits: tuple[tuple[str, int], ...], size:
         (folder / f"{split}_id.txt").write_text("".join(f"{x}\n" for x in ids))
 
 
-def _check_replaceable(root: Path) -> None:
-    """Refuse to replace a folder that holds anything the generator does not write."""
-    if root.exists() and not root.is_dir():
-        raise DatasetError(f"{root}: exists and is not a folder; cannot write the demo people there")
-    if root.is_dir():
-        foreign = sorted(p.name for p in root.iterdir() if p.name not in _ENTRIES)
-        if foreign:
-            raise DatasetError(
-                f"{root}: not empty and not a demo-people dataset (holds {', '.join(foreign[:5])}); "
-                "refusing to replace it with the demo people"
-            )
-
-
 def generate_demo_people(
     root: str | Path,
     *,
@@ -583,7 +576,7 @@ def generate_demo_people(
     params = {"seed": seed, "num_train": num_train, "num_val": num_val, "size": size,
               "num_cihp_train": num_cihp_train, "num_cihp_val": num_cihp_val}  # fmt: skip
     root = Path(root)
-    _check_replaceable(root)
+    check_replaceable(root, _ENTRIES, "demo people", "demo-people dataset")
 
     def write(tmp: Path) -> None:
         palette = get_label_set("lip").palette_bytes()
