@@ -4,11 +4,15 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from seglab.data.datasets import demo as demo_data
 from seglab.demo import run_demo
 
 
-def test_demo_runs_end_to_end_on_small_settings(demo_root, tmp_path):
-    """The demo pipeline (data, train, eval, overlays) on the small fixture with a few iterations."""
+def test_demo_runs_end_to_end_on_small_settings(tmp_path, monkeypatch):
+    """The demo pipeline (data, train, eval, overlays) with a few iterations, on small data that run_demo
+    generates into its own folder (not the session ``demo_root``, which run_demo would regenerate for others)."""
+    monkeypatch.setattr(demo_data, "DEMO_PARAMS", {"seed": 0, "num_train": 24, "num_val": 6, "size": 96})
+    demo_root = tmp_path / "demo"
     console = Console(file=open(tmp_path / "console.txt", "w"), width=120)
     summary = run_demo(
         [f"output_dir={tmp_path / 'runs'}", f"data.root={demo_root}", "train.iters=4", "train.eval_interval=0",
@@ -20,6 +24,8 @@ def test_demo_runs_end_to_end_on_small_settings(demo_root, tmp_path):
     console.file.close()
     text = (tmp_path / "console.txt").read_text()
     assert "mIoU" in text and str(demo_root) in text
+    manifest = json.loads((demo_root / "manifest.json").read_text())
+    assert (manifest["num_train"], manifest["num_val"], manifest["size"]) == (24, 6, 96)
     for key in ("best_weights", "last_weights", "metrics", "curves"):
         assert Path(summary[key]).is_file(), key
     overlays = sorted(Path(summary["overlays"]).glob("*_overlay.png"))

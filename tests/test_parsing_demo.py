@@ -15,14 +15,6 @@ from seglab.parsing_demo import RESULTS_FILE, parsing_demo_config, run_parsing_d
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_the_shipped_config_is_the_demo_config():
     shipped = load_config(ROOT / "configs/schp/schp_resnet18_demo_people.yaml")
     assert config_to_dict(shipped) == config_to_dict(parsing_demo_config())

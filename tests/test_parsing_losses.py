@@ -18,15 +18,6 @@ from seglab.losses import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def brute_force_lovasz(probs: np.ndarray, labels: np.ndarray, classes: str, ignore: int = 255) -> float:
     """The Lovasz extension of the Jaccard loss as the integral over thresholds t of Delta({i: m_i > t}),
     with Delta(M) = 1 - |F minus M| / |F union M| evaluated on explicit sets (independent of Alg. 1)."""

@@ -23,15 +23,6 @@ from seglab.pose import (
 PEAK = 10 / (6 * math.sqrt(2 * math.pi))  # PoseCreate's 10 * N(0; sigma = 6)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gauss_sq_sum(centre_a, centre_b, h, w, sigma=6.0):
     """sum over the grid of (G_a - G_b)^2, with G = PEAK * exp(-d^2 / (2 sigma^2)), None meaning a zero map."""
     total = 0.0

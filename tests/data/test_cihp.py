@@ -15,15 +15,6 @@ from seglab.errors import ConfigError, DatasetError
 H, W = 10, 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def two_people():
     """Person 1: x 1..4, y 1..4 (hair above a left arm); person 2: x 6..10, y 5..8 (face above upper clothes)."""
     category = np.zeros((H, W), np.uint8)

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from seglab.data.datasets import demo_people
@@ -14,15 +13,6 @@ from seglab.errors import DatasetError
 
 LIP_FLIP_PAIRS = ((14, 15), (16, 17), (18, 19))
 L_SHOULDER, R_SHOULDER, L_ANKLE, R_ANKLE, L_WRIST, R_WRIST, HEAD = 13, 12, 5, 0, 15, 10, 9
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,6 @@ from seglab.errors import ConfigError, DatasetError
 H, W = 12, 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _label(seed, num_classes=20):
     rng = np.random.default_rng(seed)
     label = rng.integers(0, num_classes, (H, W)).astype(np.uint8)

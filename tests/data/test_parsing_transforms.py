@@ -18,15 +18,6 @@ from seglab.data.parsing_transforms import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def schp_affine_reference(center, scale, rot, output_size):
     """SCHP's get_affine_transform, three points solved as cv2.getAffineTransform does (numpy in place of cv2)."""
     src_w, dst_w, dst_h = scale[0], output_size[1], output_size[0]

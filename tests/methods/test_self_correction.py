@@ -21,15 +21,6 @@ from seglab.methods.self_correction import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_schp_lr_factor_warmup_cosine_then_restarts():
     kw = dict(total_iters=100, warmup_iters=10, cycle_start=60, cycle_len=10)
     assert schp_lr_factor(0, **kw) == pytest.approx(0.01)  # warm-up starts at eta_min = lr / 100

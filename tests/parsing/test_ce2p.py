@@ -11,15 +11,6 @@ from seglab.models.parsing.ce2p import BatchNormAct2d, schp_resnet18, schp_resne
 from seglab.registry import count_parameters, model_info
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(("num_classes", "expected"), [(20, 66_723_928), (18, 66_722_900), (7, 66_717_246)])
 def test_resnet101_has_schp_parameter_count(num_classes, expected):
     with torch.device("meta"):

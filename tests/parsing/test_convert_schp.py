@@ -14,15 +14,6 @@ from seglab.models.parsing.ce2p import schp_resnet18, schp_resnet50
 EPS = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the reference: SCHP's forward, written from AugmentCE2P.py and the vendored inplace_abn kernels ----------
 
 

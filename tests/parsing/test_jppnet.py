@@ -11,15 +11,6 @@ from seglab.pose import JPPNetLoss, SSJPPNetLoss
 from seglab.registry import count_parameters, model_info
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyBackbone(nn.Module):
     """A stride-8 stand-in for the dilated ResNet: ``{"aux": res4-like, "out": res5-like}`` features."""
 

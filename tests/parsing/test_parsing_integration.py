@@ -15,15 +15,6 @@ from seglab.data.datasets.demo_people import generate_demo_people
 from seglab.engine.trainer import build_trainer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def people_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("people") / "demo_people"

@@ -28,15 +28,6 @@ SMALL = {  # small images and few RoIs: a few CPU seconds per step
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _image_and_target():
     """Two persons: person 0 (hat 1 over upper-clothes 5), person 1 (pants 9 with a left leg 16)."""
     image = torch.rand(3, H, W)

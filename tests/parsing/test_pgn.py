@@ -20,15 +20,6 @@ from seglab.registry import count_parameters
 FACE, UPPER, PANTS = 13, 5, 9
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_pgn(num_classes: int = 20):
     return pgn_resnet50(num_classes=num_classes, width=32)
 
