@@ -387,6 +387,14 @@ def _cmd_convert_schp(args) -> int:
     return 0
 
 
+def _cmd_convert_smp(args) -> int:
+    from seglab.convert.smp import convert_smp
+
+    dst = convert_smp(args.src, args.dst, model=args.model, label_set=args.label_set)
+    print(f"{args.src} -> {dst} (seglab {args.model})")
+    return 0
+
+
 def _cmd_check_dataset(args) -> int:
     from seglab.data.check import check_dataset
 
@@ -489,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["schp_resnet101", "schp_resnet50", "schp_resnet18"],
                    help="seglab model (default: the depth the checkpoint's keys show; schp_resnet101 for SCHP's files)")
     p.set_defaults(func=_cmd_convert_schp)
+    p = convert.add_parser("smp", help="a segmentation_models_pytorch Unet (ResNet encoder) state dict")
+    p.add_argument("src", help="smp state dict file (.pth or .safetensors)")
+    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("--model", choices=["unet_resnet18", "unet_resnet34", "unet_resnet50"], default="unet_resnet34",
+                   help="seglab model matching the smp encoder (default: unet_resnet34)")
+    p.add_argument("--label-set", help="label set recorded in the weights (default: none)")
+    p.set_defaults(func=_cmd_convert_smp)
 
     p = sub.add_parser("check-dataset", help="scan a dataset for bad files and print label statistics")
     p.add_argument("target", metavar="CONFIG_OR_PATH", help="a config YAML or a dataset folder")

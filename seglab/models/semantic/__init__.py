@@ -12,5 +12,6 @@ from seglab.models.semantic import (  # noqa: F401
     segnet,
     semantic_fpn,
     unet,
+    unet_resnet,
     upernet,
 )
