@@ -98,6 +98,11 @@ class OnnxPredictor:
         except Exception as exc:  # onnxruntime raises its own (non-exported) error classes
             raise CheckpointError(f"{self.path}: onnxruntime cannot load it as an ONNX model ({exc})") from None
         self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        task = self.metadata.get("task", "semantic")  # export_onnx writes "task" for detection exports only
+        if task != "semantic":
+            raise CheckpointError(f"{self.path}: metadata task {task!r}: OnnxPredictor runs semantic files only "
+                                  "(logits [B, K, H, W]); run this detection export with onnxruntime.InferenceSession "
+                                  "(one [3, H, W] image at the exported size in, per-detection outputs out)")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             got = [(i.name, i.shape) for i in inputs]
