@@ -348,6 +348,7 @@ def _cmd_predict(args) -> int:
             model, mode=args.mode, crop_size=crop, stride=tuple(c * 2 // 3 for c in crop), scales=scales,
             flip=flip, flip_pairs=label_set.flip_pairs, mc_samples=args.mc_samples,
             max_whole_pixels=args.max_whole_pixels or None, precision=args.precision, backend=args.backend,
+            compile=args.compile,
         )
     except ValueError as exc:
         raise SystemExit(f"seglab predict: {exc}") from None
@@ -469,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch backend: bf16 autocast where the CPU supports it (default fp32)")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="torch (on CPU: BatchNorm folded, channels-last) or onnxruntime (exports to a temporary ONNX)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch backend: also torch.compile the model (needs a C++ compiler; each new image size "
+                        "compiles first, so it pays off for many images of one size)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="export a semantic model to ONNX (dynamic batch, height and width)")

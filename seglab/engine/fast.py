@@ -16,7 +16,17 @@ item 2). Each step keeps the model's function; only float rounding changes:
 - :func:`prepare_fast`: folding, then channels-last weights and inputs (oneDNN's preferred layout on CPU), and
   with ``precision="bf16"`` ``torch.autocast(dtype=torch.bfloat16)`` around the forward, the logits returned
   as float32 so softmax and argmax run in float32. bf16 is used only where the CPU supports it
-  (:func:`bf16_supported`), else fp32 with a warning.
+  (:func:`bf16_supported`), else fp32 with a warning. For bf16 the weights of the convolution and linear layers
+  are stored in bf16 once (:func:`cast_matmul_weights`): autocast would otherwise cast every weight on every
+  call (the same rounding, so the outputs are bit-identical); the other layers (normalisation, the ops autocast
+  keeps in float32) keep float32 parameters. seglab's models resize their final logits in float32
+  (:func:`seglab.models.layers.resize_logits`): bf16 bilinear upsampling of a full-size logit map is slower
+  on the CPU than float32 and would round the scores that the argmax compares.
+- ``compile=True``: the prepared model also goes through ``torch.compile`` (Inductor, with ``freezing``: the
+  weights become constants, convolutions get oneDNN's pre-packed weights and fused element-wise epilogues).
+  It pays for itself when many images of one size are inferred (sliding windows, a resized stream): the first
+  call at each input size compiles (tens of seconds), and Inductor needs a C++ compiler. Where compilation
+  fails the module warns once and runs eagerly.
 - :class:`OnnxRuntimeModule`: an onnxruntime session (from an ONNX file or a model exported to a temporary
   one with :func:`seglab.export.onnx.export_onnx`) behind an ``nn.Module`` forward, so whole, slide, scales
   and flip inference run through the same :func:`~seglab.engine.inference.infer_probs`.
@@ -169,28 +179,79 @@ def _to_float(out: Any) -> Any:
     return out
 
 
-class FastModule(nn.Module):
-    """``inner`` run with channels-last inputs and (for bf16) under autocast; floating outputs in float32."""
+_MATMUL_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                  nn.Linear)
 
-    def __init__(self, inner: nn.Module, *, precision: str = "fp32", channels_last: bool = True) -> None:
+
+def cast_matmul_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store the weight and bias of every convolution and linear layer of ``model`` in ``dtype``, in place.
+
+    These are the layers autocast runs in ``dtype``; cast once here, autocast finds them already cast instead
+    of converting each weight on every call. Meant for a model that then only runs under autocast. Returns the
+    number of layers cast.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, _MATMUL_LAYERS):
+            module.to(dtype)
+            count += 1
+    return count
+
+
+class FastModule(nn.Module):
+    """``inner`` run with channels-last inputs and (for bf16) under autocast; floating outputs in float32.
+
+    With ``compile=True`` the forward runs through ``torch.compile(inner)`` (see the module docstring); the
+    eager ``inner`` stays the module's only submodule (its state dict) and is what runs if compilation fails.
+    """
+
+    def __init__(
+        self, inner: nn.Module, *, precision: str = "fp32", channels_last: bool = True, compile: bool = False
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.precision = precision
         self.channels_last = channels_last
+        self.compiled = compile
+        # kept out of the submodules (no second copy of the parameters in state_dict / modules())
+        self.__dict__["_compiled_inner"] = (
+            torch.compile(inner, dynamic=False, options={"freezing": True}) if compile else None
+        )
+
+    def _run(self, images: torch.Tensor) -> Any:
+        runner = self.__dict__["_compiled_inner"]
+        if runner is None:
+            return self.inner(images)
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        try:
+            return runner(images)
+        except BackendCompilerFailed as exc:  # no C++ compiler, an op Inductor cannot lower
+            log.warning("torch.compile failed for %s (%s); running eagerly", type(self.inner).__name__,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            self.__dict__["_compiled_inner"] = None
+            self.compiled = False
+            return self.inner(images)
 
     def forward(self, images: torch.Tensor) -> Any:
         if self.channels_last and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.precision == "bf16":
             with torch.autocast(images.device.type, dtype=torch.bfloat16):
-                return _to_float(self.inner(images))
-        return self.inner(images)
+                return _to_float(self._run(images))
+        return self._run(images)
 
 
 def prepare_fast(
-    model: nn.Module, *, precision: str = "fp32", channels_last: bool = True, fold_bn: bool = True
+    model: nn.Module,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = True,
+    fold_bn: bool = True,
+    compile: bool = False,
 ) -> nn.Module:
-    """A copy of ``model`` for fast inference (eval mode): BN folded, channels-last, bf16 autocast if asked.
+    """A copy of ``model`` for fast inference (eval mode): BN folded, channels-last, bf16 autocast (with the
+    conv/linear weights stored in bf16) if asked, ``torch.compile`` if asked.
 
     Returns a :class:`FastModule` wrapping the (folded) copy; ``model`` itself is not modified.
     """
@@ -200,7 +261,9 @@ def prepare_fast(
     inner = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
     if channels_last:
         inner = inner.to(memory_format=torch.channels_last)
-    return FastModule(inner, precision=precision, channels_last=channels_last).eval()
+    if precision == "bf16":
+        cast_matmul_weights(inner, torch.bfloat16)
+    return FastModule(inner, precision=precision, channels_last=channels_last, compile=compile).eval()
 
 
 class OnnxRuntimeModule(nn.Module):
@@ -235,6 +298,7 @@ __all__ = [
     "FastModule",
     "OnnxRuntimeModule",
     "bf16_supported",
+    "cast_matmul_weights",
     "count_batchnorm",
     "fold_batchnorm",
     "prepare_fast",

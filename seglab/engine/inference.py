@@ -289,9 +289,10 @@ class Predictor:
     copy of a model that has BatchNorm layers with them folded into the convolutions and channels-last tensors
     (fp32 results equal eager ones up to float rounding; a model without BatchNorm runs as given);
     ``precision="bf16"`` adds bf16 autocast where the device supports it
-    (fp32 with a warning elsewhere), softmax in float32. ``backend="onnxruntime"`` exports the model to a
-    temporary ONNX file (or takes ``model`` as the path of one) and runs it with onnxruntime on the CPU, fp32.
-    ``self.model`` is the module that runs (the original model moved to ``device`` when nothing applies).
+    (fp32 with a warning elsewhere), softmax in float32; ``compile=True`` also runs it through ``torch.compile``
+    (worth it for many images of one size: each new size compiles first). ``backend="onnxruntime"`` exports the
+    model to a temporary ONNX file (or takes ``model`` as the path of one) and runs it with onnxruntime on the
+    CPU, fp32. ``self.model`` is the module that runs (the original model moved to ``device`` when nothing applies).
     """
 
     def __init__(
@@ -312,6 +313,7 @@ class Predictor:
         precision: str = "fp32",
         fast: bool = True,
         backend: str = "torch",
+        compile: bool = False,
     ) -> None:
         from seglab.engine.fast import BACKENDS, OnnxRuntimeModule, prepare_fast, resolve_precision
 
@@ -327,9 +329,9 @@ class Predictor:
         self.flip = bool(flip)
         self.flip_pairs = tuple((int(a), int(b)) for a, b in flip_pairs)
         if backend == "onnxruntime":
-            if precision != "fp32" or mc_samples:
-                raise ValueError(f"backend='onnxruntime' runs fp32 without Monte Carlo dropout; got precision="
-                                 f"{precision!r}, mc_samples={mc_samples!r}")
+            if precision != "fp32" or mc_samples or compile:
+                raise ValueError(f"backend='onnxruntime' runs fp32 without Monte Carlo dropout or torch.compile; got "
+                                 f"precision={precision!r}, mc_samples={mc_samples!r}, compile={compile!r}")
             if device is not None and torch.device(device).type != "cpu":
                 raise ValueError(f"backend='onnxruntime' runs on the CPU; got device={device!r}")
             self.device = torch.device("cpu")
@@ -344,9 +346,9 @@ class Predictor:
             self.precision = resolve_precision(precision, self.device)
             # fast: models with BatchNorm only; others (no fold) keep running as the caller's own object
             on_cpu = self.device.type == "cpu" and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-            if (fast and on_cpu) or self.precision == "bf16":
+            if (fast and on_cpu) or self.precision == "bf16" or compile:
                 self.model = prepare_fast(self.model, precision=self.precision, channels_last=bool(fast and on_cpu),
-                                          fold_bn=bool(fast and on_cpu))
+                                          fold_bn=bool(fast and on_cpu), compile=compile)
         self.backend = backend
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 0:
             raise ValueError(f"mc_samples must be a non-negative integer, got {mc_samples!r}")

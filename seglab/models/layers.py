@@ -3,6 +3,7 @@
 - :func:`bilinear_kernel` and :class:`BilinearDeconv2d`: the bilinear-initialised transposed convolution of
   FCN (Caffe ``Deconvolution`` + ``surgery.interp``), fixed (a buffer) or learnable (a parameter).
 - :class:`ConvBNAct` and :class:`DoubleConv`: convolution (+ BatchNorm) + ReLU, and the U-Net pair of them.
+- :func:`resize_logits`: the final bilinear upsampling of class scores to the input size, in float32.
 
 Everything here is built with torch ops only, so it can be constructed on the ``meta`` device.
 """
@@ -84,6 +85,16 @@ class DoubleConv(nn.Sequential):
             ConvBNAct(in_channels, out_channels, 3, padding=pad, batch_norm=batch_norm),
             ConvBNAct(out_channels, out_channels, 3, padding=pad, batch_norm=batch_norm),
         )
+
+
+def resize_logits(logits: Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = False) -> Tensor:
+    """Bilinear resize of class scores to ``size`` (the input's), computed in float32.
+
+    Under bf16 autocast the last conv returns bf16 scores; resizing them in float32 gives the argmax
+    full-precision interpolation and is faster on the CPU than bf16 bilinear upsampling of the full-size map
+    (the cast happens at the small size). In float32 it is ``F.interpolate`` unchanged.
+    """
+    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=align_corners)
 
 
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "constant") -> Tensor:

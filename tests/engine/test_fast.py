@@ -21,14 +21,6 @@ from seglab.registry import create_model
 UNET_KWARGS = {"base_width": 8, "depth": 2, "batch_norm": True}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _randomise_batchnorm(model: nn.Module) -> nn.Module:
     """Non-trivial running statistics and affine parameters, so that folding has something to fold."""
@@ -178,6 +170,38 @@ def test_bf16_falls_back_to_fp32_with_a_warning(monkeypatch, caplog):
         Predictor(nn.Conv2d(3, 2, 1), backend="tensorrt")
 
 
+@pytest.mark.parametrize("name, kwargs", [("unet", UNET_KWARGS), ("lraspp_mobilenet_v3_large", {}),
+                                          ("bisenetv2", {}), ("upernet_swin_t", {})])
+def test_bf16_weights_stored_once_give_the_autocast_outputs_bit_for_bit(name, kwargs):
+    model = _randomise_batchnorm(create_model(name, num_classes=5, **kwargs)).eval()
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    # what autocast alone does: float32 weights, cast on every call
+    per_call = FastModule(fold_batchnorm(model).to(memory_format=torch.channels_last), precision="bf16")
+    ready = prepare_fast(model, precision="bf16")
+    convs = [m for m in ready.inner.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    others = [p for m in ready.inner.modules() if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm))
+              for p in m.parameters(recurse=False)]
+    assert all(p.dtype == torch.float32 for p in others)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the caller's model is untouched
+    with torch.no_grad():
+        expected, got = _logits(per_call, x), _logits(ready, x)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, expected)
+
+
+def test_resize_logits_runs_in_float32_under_autocast():
+    from seglab.models.layers import resize_logits
+
+    logits = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = resize_logits(logits.bfloat16(), (32, 48))
+        plain = F.interpolate(logits.bfloat16(), size=(32, 48), mode="bilinear", align_corners=False)
+    assert out.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    expected = F.interpolate(logits.bfloat16().float(), size=(32, 48), mode="bilinear", align_corners=False)
+    assert torch.equal(out, expected)
+
+
 # --- a tiny U-Net trained for a few dozen steps on demo scenes: agreement checks need confident predictions ---
 
 
@@ -261,8 +285,8 @@ def test_cli_predict_with_bf16_and_onnxruntime(trained_unet, tmp_path):
     model = create_model("unet", num_classes=5, **UNET_KWARGS)
     load_weights(model, weights)
     eager = Predictor(model, fast=False)
-    for flags in (["--precision", "bf16"], ["--backend", "onnxruntime"]):
-        out = tmp_path / flags[1]
+    for flags in (["--precision", "bf16"], ["--backend", "onnxruntime"], ["--compile"]):
+        out = tmp_path / "_".join(flags).strip("-")
         assert main(["predict", str(folder), "--weights", str(weights), "--out", str(out), *flags]) == 0
         for i in range(2):
             written = np.asarray(Image.open(out / f"img{i}.png"))  # a P-mode PNG: class indices
@@ -270,3 +294,35 @@ def test_cli_predict_with_bf16_and_onnxruntime(trained_unet, tmp_path):
             assert written.shape == (64, 64)
             assert np.mean(written == expected) >= 0.995
             assert (out / f"img{i}_overlay.png").is_file()
+
+
+def test_compiled_fast_path_agrees_with_eager_and_keeps_one_state_dict(trained_unet):
+    images, _ = _scenes(5, 3)
+    eager = Predictor(trained_unet, fast=False)
+    compiled = Predictor(trained_unet, precision="bf16", compile=True)
+    assert isinstance(compiled.model, FastModule) and compiled.model.compiled
+    # the compiled module is not a second submodule: one set of weights
+    assert set(compiled.model.state_dict()) == {f"inner.{k}" for k in compiled.model.inner.state_dict()}
+    reference = eager.predict_batch(images)  # same size: one compilation
+    agree = np.mean([np.mean(a == b) for a, b in zip(compiled.predict_batch(images), reference, strict=True)])
+    assert agree >= 0.995
+    assert compiled.model.compiled  # it compiled and ran, no fallback
+    with pytest.raises(ValueError, match="torch.compile"):
+        Predictor(trained_unet, backend="onnxruntime", compile=True)
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(trained_unet, monkeypatch, caplog):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def failing_compile(module, **kwargs):
+        def run(*args):
+            raise BackendCompilerFailed("inductor", RuntimeError("no C++ compiler found"), None)
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    ready = prepare_fast(trained_unet, compile=True)
+    with caplog.at_level(logging.WARNING, logger="seglab.engine.fast"):
+        out = ready(x)
+    assert "torch.compile failed" in caplog.text and not ready.compiled
+    assert torch.equal(out, prepare_fast(trained_unet)(x))

@@ -43,7 +43,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models._utils import IntermediateLayerGetter
 
 from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import ConvBNAct, pad_to_multiple
+from seglab.models.layers import ConvBNAct, pad_to_multiple, resize_logits
 from seglab.registry import register_model
 
 __all__ = [
@@ -93,7 +93,7 @@ class _Outputs:
 
         def full(t: Tensor) -> Tensor:
             if t.shape[-2:] != padded:
-                t = _upsample(t, padded)
+                t = resize_logits(t, padded)
             return t[..., :h, :w]
 
         if not self.training:

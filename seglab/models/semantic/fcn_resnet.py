@@ -21,12 +21,12 @@ fcn_resnet101 54,314,346, equal to torchvision's ``num_params``.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torchvision.models import ResNet, ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.fcn import FCNHead
 
 from seglab.models.backbones import load_backbone_weights
+from seglab.models.layers import resize_logits
 from seglab.registry import register_model
 
 __all__ = ["SimpleSegmentationModel", "dilated_resnet", "fcn_resnet50", "fcn_resnet101"]
@@ -50,10 +50,10 @@ class SimpleSegmentationModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor | list[Tensor]]:
         size = x.shape[-2:]
         features = self.backbone(x)
-        out = F.interpolate(self.classifier(features["out"]), size=size, mode="bilinear", align_corners=False)
+        out = resize_logits(self.classifier(features["out"]), size)
         if not self.training or self.aux_classifier is None:
             return out
-        aux = F.interpolate(self.aux_classifier(features["aux"]), size=size, mode="bilinear", align_corners=False)
+        aux = resize_logits(self.aux_classifier(features["aux"]), size)
         return {"out": out, "aux": [aux]}
 
 

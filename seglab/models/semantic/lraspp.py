@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torchvision.models import (
     MobileNet_V3_Large_Weights,
     MobileNet_V3_Small_Weights,
@@ -36,6 +35,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
 from seglab.models.backbones import load_backbone_weights
+from seglab.models.layers import resize_logits
 from seglab.models.semantic.deeplabv3 import mobilenet_v3_stages
 from seglab.registry import register_model
 
@@ -54,7 +54,7 @@ class LRASPP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.classifier(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return resize_logits(logits, x.shape[-2:])
 
 
 def _lraspp(

@@ -26,13 +26,12 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 
 from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import pad_to_multiple
+from seglab.models.layers import pad_to_multiple, resize_logits
 from seglab.registry import register_model
 
 __all__ = ["SemanticFPN", "SemanticFPNHead", "semantic_fpn_resnet50", "semantic_fpn_resnet101"]
@@ -97,7 +96,7 @@ class SemanticFPN(nn.Module):
         x = pad_to_multiple(x, self.size_divisor)
         pyramid = self.fpn(self.backbone(x))  # keys c2..c5 -> the same keys, P2..P5
         features = {f"p{i}": pyramid[f"c{i}"] for i in range(2, 6)}
-        logits = F.interpolate(self.head(features), scale_factor=4, mode="bilinear", align_corners=False)
+        logits = resize_logits(self.head(features), x.shape[-2:])  # x padded: 4x the P2 size
         return logits[..., :height, :width]
 
 

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torchvision.models import Swin_B_Weights, Swin_S_Weights, Swin_T_Weights, SwinTransformer, WeightsEnum
 
 from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import AdaptiveAvgPool2d, ConvBNAct, pad_to_multiple
+from seglab.models.layers import AdaptiveAvgPool2d, ConvBNAct, pad_to_multiple, resize_logits
 from seglab.registry import register_model
 
 __all__ = [
@@ -176,10 +176,10 @@ class UperNet(nn.Module):
         x = pad_to_multiple(x, self.size_divisor)
         padded = x.shape[-2:]
         features = self.backbone(x)
-        out = _resize(self.decode_head(features), padded)[..., :h, :w]
+        out = resize_logits(self.decode_head(features), padded)[..., :h, :w]
         if not self.training or self.aux_head is None:
             return out
-        aux = _resize(self.aux_head(features[2]), padded)[..., :h, :w]
+        aux = resize_logits(self.aux_head(features[2]), padded)[..., :h, :w]
         return {"out": out, "aux": [aux]}
 
 
