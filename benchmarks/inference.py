@@ -4,16 +4,18 @@
   maskrcnn_resnet50_fpn): torchvision's model is built with seeded random weights and its state dict loaded into
   seglab's through :func:`seglab.convert.torchvision.load_torchvision`; the outputs are checked equal before any
   timing, so the two columns time the same function.
-- smp pairs: seglab ``semantic_fpn_resnet50`` against ``smp.FPN("resnet50")`` (same encoder, both Panoptic-FPN
-  style decoders, not the same weights) and seglab ``unet`` (Ronneberger et al.'s plain U-Net) against
-  ``smp.Unet("resnet34")`` (a ResNet-34 encoder): each library's U-Net, not the same architecture.
-- seglab's own models alone (no reference implementation to compare with); SCHP (``schp_resnet101``) among them
-  when it is registered.
+- smp pairs: seglab ``unet_resnet34`` against ``smp.Unet("resnet34")``: the same network, smp's random weights
+  loaded into seglab's through :func:`seglab.convert.smp.load_smp_unet` and the outputs checked equal; seglab
+  ``semantic_fpn_resnet50`` against ``smp.FPN("resnet50")``: same encoder, not the same decoder (seglab's is
+  Kirillov et al.'s on a standard FPN, whose 3x3 output convs smp's FPN leaves out), weights not shared.
+- seglab's own models alone (no reference implementation to compare with), the paper's plain ``unet`` among them;
+  SCHP (``schp_resnet101``) when it is registered.
 
 When ``seglab.engine.fast.prepare_fast`` exists, its fp32 and bf16 models are timed in the same rounds and their
-argmax labels compared with seglab's fp32 eager labels (agreement in % of pixels). Achieved GFLOP/s (FLOPs from
-``torch.utils.flop_counter`` over the median latency) are set against a matrix-product ceiling measured in the
-same run, fp32 and bf16.
+argmax labels compared with seglab's fp32 eager labels (agreement in % of pixels); for the models with a speed
+target in issue 7 (``COMPILED_MODELS``) also the bf16 model under ``torch.compile`` (compiled before timing).
+Achieved GFLOP/s (FLOPs from ``torch.utils.flop_counter`` over the median latency) are set against a
+matrix-product ceiling measured in the same run, fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ from benchmarks.common import count_flops, fmt_ms, interleaved, matmul_ceiling, 
 
 TORCHVISION_PAIRS = ("fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
 DETECTION = "maskrcnn_resnet50_fpn"
-SMP_PAIRS = ("semantic_fpn_resnet50", "unet")
-OWN_MODELS = ("fcn8s_vgg16", "segnet_vgg16", "enet", "bisenetv1_resnet18", "bisenetv2", "upernet_swin_t")
+SMP_PAIRS = ("unet_resnet34", "semantic_fpn_resnet50")
+OWN_MODELS = ("unet", "fcn8s_vgg16", "segnet_vgg16", "enet", "bisenetv1_resnet18", "bisenetv2", "upernet_swin_t")
+COMPILED_MODELS = (*TORCHVISION_PAIRS, "bisenetv2")  # the issue-7 speed targets
 OPTIONAL_OWN_MODELS = ("schp_resnet101",)  # timed when registered
-SMOKE_MODELS = ("lraspp_mobilenet_v3_large", DETECTION, "unet", "enet")
+SMOKE_MODELS = ("lraspp_mobilenet_v3_large", DETECTION, "unet_resnet34", "enet")
 NUM_CLASSES = 21
 SEMANTIC_NOTE = {
-    "semantic_fpn_resnet50": "smp.FPN('resnet50'): same encoder, both Panoptic-FPN decoders; weights not shared",
-    "unet": "smp.Unet('resnet34'): not the same architecture (seglab: the paper's plain U-Net, width 64; "
-            "smp: ResNet-34 encoder); each library's U-Net",
+    "semantic_fpn_resnet50": "smp.FPN('resnet50'): same encoder; smp's FPN has no 3x3 output convs (seglab's is "
+                             "the paper's FPN: +25 GFLOP at 512x512); weights not shared",
+    "unet_resnet34": "smp.Unet('resnet34'): same network, smp's weights converted, outputs checked equal",
 }
 
 _Forward = Callable[[torch.Tensor], Any]
@@ -91,13 +94,15 @@ def _mask_rcnn_pair(size: int) -> tuple[nn.Module, nn.Module, _Forward, _Forward
 def _smp_pair(name: str) -> tuple[nn.Module, nn.Module, _Forward, _Forward]:
     import segmentation_models_pytorch as smp
 
+    from seglab.convert.smp import load_smp_unet
     from seglab.registry import create_model
 
     torch.manual_seed(0)
-    ours = create_model(name, num_classes=NUM_CLASSES).eval()
-    if name == "unet":
+    if name == "unet_resnet34":
         reference = smp.Unet("resnet34", encoder_weights=None, classes=NUM_CLASSES).eval()
+        ours = load_smp_unet(reference.state_dict(), model=name).eval()
     else:
+        ours = create_model(name, num_classes=NUM_CLASSES).eval()
         reference = smp.FPN("resnet50", encoder_weights=None, classes=NUM_CLASSES).eval()
     return ours, reference, ours, reference
 
@@ -113,19 +118,24 @@ def _check_same(name: str, ours: Any, reference: Any) -> None:
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
-def _fast_models(model: nn.Module) -> tuple[dict[str, nn.Module], str]:
-    """seglab's fast inference path in fp32 and bf16, when ``seglab.engine.fast`` exists; else nothing.
+FAST_COLUMNS = ("seglab fast fp32", "seglab fast bf16", "seglab fast bf16 compiled")
+
+
+def _fast_models(model: nn.Module, compiled: bool = False) -> tuple[dict[str, nn.Module], str]:
+    """seglab's fast inference path in fp32 and bf16 (and bf16 under ``torch.compile`` if ``compiled``), when
+    ``seglab.engine.fast`` exists; else nothing.
 
     Returns the models and a note (the error, when ``prepare_fast`` exists but fails on this model)."""
     try:
         from seglab.engine.fast import prepare_fast
     except ImportError:
         return {}, ""
+    variants = [("fp32", False), ("bf16", False)] + ([("bf16", True)] if compiled else [])
     fast: dict[str, nn.Module] = {}
-    for precision in ("fp32", "bf16"):
+    for precision, compile_ in variants:
         try:
-            fast[f"seglab fast {precision}"] = prepare_fast(model, precision=precision, channels_last=True,
-                                                            fold_bn=True)
+            fast[f"seglab fast {precision}{' compiled' if compile_ else ''}"] = prepare_fast(
+                model, precision=precision, channels_last=True, fold_bn=True, compile=compile_)
         except Exception as exc:  # noqa: BLE001 - reported in the table's note, the other columns still run
             return {}, f"fast path failed: {type(exc).__name__}: {exc}"
     return fast, ""
@@ -171,11 +181,13 @@ def measure_model(name: str, size: int, batch: int, reps: int, warmup: int) -> d
                 _check_same(name, ours_out, reference_fn(x))
             fns[row["reference"]] = lambda: reference_fn(x)
         if name != DETECTION:
-            fast, fast_note = _fast_models(model)
+            fast, fast_note = _fast_models(model, compiled=name in COMPILED_MODELS)
             labels = ours_out.argmax(1)
             for column, fast_model in fast.items():
-                row["agreement"][column] = _agreement(fast_model, x, labels)
+                row["agreement"][column] = _agreement(fast_model, x, labels)  # also compiles the compiled one
                 fns[column] = lambda m=fast_model: m(x)
+            if "seglab fast bf16 compiled" in fast and not fast["seglab fast bf16 compiled"].compiled:
+                fast_note = "torch.compile failed: the compiled column ran eagerly"
             row["note"] = "; ".join(s for s in (row["note"], fast_note) if s)
         row["flops"] = count_flops(lambda: ours_fn(x))
         row["times"] = interleaved(fns, reps=reps, warmup=warmup)
@@ -214,6 +226,12 @@ def _fast_cell(row: dict[str, Any], column: str) -> str:
     return f"{fmt_ms(row['times'][column])} [{row['agreement'][column]:.2f}%]"
 
 
+def _best_fast(row: dict[str, Any], columns: tuple[str, ...] = FAST_COLUMNS) -> float | None:
+    """The smallest median latency (s) among the row's fast-path ``columns``, or None without any."""
+    medians = [summary(row["times"][c])[0] for c in columns if c in row["times"]]
+    return min(medians) if medians else None
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The ceiling line and the latency table (ms, median (IQR); GFLOP/s of seglab's fp32 eager model)."""
     ceiling = {r["dtype"]: r for r in rows if r["section"] == "ceiling"}
@@ -224,14 +242,17 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines += [f"Matrix-product ceiling ({n}x{n} `torch.mm`, median): {', '.join(parts)}.", ""]
     lines += [
         "Latency in ms, median (IQR), one forward pass under `torch.no_grad()`, columns interleaved. *ref / seglab* "
-        "> 1 means seglab is faster. Fast-path columns give [% of pixels whose label equals seglab fp32 eager's]. "
-        "GFLOP/s is seglab fp32 eager's FLOPs (`torch.utils.flop_counter`) over its median latency; "
-        "*% ceiling* is against the fp32 matrix-product ceiling; *bf16 % ceiling* is the fast bf16 model's "
-        "GFLOP/s (same FLOPs) against the bf16 ceiling.",
+        "> 1 means seglab (fp32 eager) is faster. Fast-path columns give [% of pixels whose label equals seglab fp32 "
+        "eager's]; *compiled* is the bf16 fast model under `torch.compile` (`Predictor(..., compile=True)`), timed "
+        "for the models with a speed target. *ref / fast* is the reference's median over the fastest seglab fast "
+        "column's, *img/s* that column's images per second. GFLOP/s is seglab fp32 eager's FLOPs "
+        "(`torch.utils.flop_counter`) over its median latency; *% ceiling* is against the fp32 matrix-product "
+        "ceiling; *bf16 % ceiling* is the fastest bf16 column's GFLOP/s (same FLOPs) against the bf16 ceiling.",
         "",
         "| model | input | batch | seglab ms | reference | reference ms | ref / seglab | seglab fast fp32 ms "
-        "| seglab fast bf16 ms | GFLOP | GFLOP/s | % ceiling | bf16 % ceiling | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| seglab fast bf16 ms | seglab fast bf16 compiled ms | ref / fast | img/s | GFLOP | GFLOP/s | % ceiling "
+        "| bf16 % ceiling | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fp32_ceiling = ceiling.get("fp32", {}).get("gflops")
     bf16_ceiling = ceiling.get("bf16", {}).get("gflops")
@@ -241,15 +262,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         ours = summary(r["times"]["seglab"])[0]
         ref_times = r["times"].get(r["reference"])
         ratio = f"{summary(ref_times)[0] / ours:.2f}" if ref_times else "-"
+        fastest = _best_fast(r)
+        fast_ratio = f"{summary(ref_times)[0] / fastest:.2f}" if ref_times and fastest else "-"
+        rate = f"{r['batch'] / (fastest or ours):.1f}"
         achieved = r["flops"] / ours / 1e9
         pct = f"{100 * achieved / fp32_ceiling:.0f}" if fp32_ceiling else "-"
-        bf16_times = r["times"].get("seglab fast bf16")
-        pct_bf16 = (f"{100 * r['flops'] / summary(bf16_times)[0] / 1e9 / bf16_ceiling:.0f}"
-                    if bf16_times and bf16_ceiling else "-")
+        bf16 = _best_fast(r, FAST_COLUMNS[1:])
+        pct_bf16 = f"{100 * r['flops'] / bf16 / 1e9 / bf16_ceiling:.0f}" if bf16 and bf16_ceiling else "-"
         lines.append(
             f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {fmt_ms(r['times']['seglab'])} | "
-            f"{r['reference']} | {fmt_ms(ref_times)} | {ratio} | {_fast_cell(r, 'seglab fast fp32')} | "
-            f"{_fast_cell(r, 'seglab fast bf16')} | {r['flops'] / 1e9:.1f} | {achieved:.1f} | {pct} | {pct_bf16} | "
+            f"{r['reference']} | {fmt_ms(ref_times)} | {ratio} | "
+            + " | ".join(_fast_cell(r, c) for c in FAST_COLUMNS)
+            + f" | {fast_ratio} | {rate} | {r['flops'] / 1e9:.1f} | {achieved:.1f} | {pct} | {pct_bf16} | "
             f"{r['note']} |"
         )
     return "\n".join(lines) + "\n"

@@ -38,7 +38,7 @@ def chart_png(rows: dict[str, list[dict[str, Any]]]) -> bytes:
     ax_lat, ax_eval, ax_data = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
 
     latency = [r for r in rows["inference"] if r["section"] == "inference" and r["batch"] == 1]
-    columns = ["seglab", "reference", "seglab fast fp32", "seglab fast bf16"]
+    columns = ["seglab", "reference", "seglab fast fp32", "seglab fast bf16", "seglab fast bf16 compiled"]
     width = 0.8 / len(columns)
     for j, column in enumerate(columns):
         xs, heights = [], []

@@ -5,15 +5,13 @@ One step is what the Trainer does per iteration: forward, seglab's ``Segmentatio
 (lr 1e-4, momentum 0.9), in fp32. Both models of a pair take the same images and labels; their steps are
 interleaved (A B A B ...) after a warm-up, on the same thread count (benchmarks.common).
 
-Size: 256x256, batch 4 (the issue asks for 512x512; on this 2-core CPU a U-Net step at 512x512, batch 4 takes
-tens of seconds, too long for 10+ interleaved repetitions of each side). ``--smoke``: 64x64, batch 2, narrow
-U-Net, one repetition.
+Size: 256x256, batch 4 (the issue asks for 512x512; on this 2-core CPU a step at 512x512, batch 4 takes several
+seconds, too long for 10+ interleaved repetitions of each side). ``--smoke``: 64x64, batch 2, one repetition.
 
 Pairs:
 
-- ``unet``: seglab's U-Net (Ronneberger et al.'s plain encoder-decoder, width 64, BN) against
-  ``smp.Unet("resnet34")``: smp has no plain U-Net encoder and seglab's U-Net has no ResNet encoder, so no
-  shared encoder exists; each library's U-Net, as in the inference table.
+- ``unet_resnet34``: seglab's U-Net with a ResNet-34 encoder against ``smp.Unet("resnet34")``, the same network,
+  started from the same weights (smp's, converted by :func:`seglab.convert.smp.load_smp_unet`).
 - ``bisenetv2``: seglab alone, its four booster heads in the loss. The reference, mmsegmentation's BiSeNetV2, is
   not in this environment: mmsegmentation 1.2.2 (on PyPI) imports mmcv (< 2.2, with compiled ops) and mmengine,
   none of which seglab's environment has, and the benchmarks run offline; no other pip-installable
@@ -38,22 +36,24 @@ from seglab.registry import create_model
 from seglab.utils import atomic_write_text
 
 NUM_CLASSES = 21
-PAIRS = ("unet", "bisenetv2")
+PAIRS = ("unet_resnet34", "bisenetv2")
 NOTE = {
-    "unet": "smp.Unet('resnet34'): not the same architecture (seglab: the paper's plain U-Net, width 64; "
-            "smp: ResNet-34 encoder); each library's U-Net",
+    "unet_resnet34": "smp.Unet('resnet34'): same network, same starting weights",
     "bisenetv2": "no reference here (mmsegmentation needs mmcv < 2.2 + mmengine, not installed); "
                  "loss with the 4 booster heads",
 }
 
 
-def _reference(name: str) -> nn.Module | None:
-    """The reference model of ``name`` (smp's U-Net), or None where there is none."""
-    if name != "unet":
-        return None
+def _models(name: str) -> tuple[nn.Module, nn.Module | None]:
+    """seglab's ``name`` and its reference (smp's U-Net, whose weights seglab's starts from), or None."""
+    if name != "unet_resnet34":
+        return create_model(name, num_classes=NUM_CLASSES), None
     import segmentation_models_pytorch as smp
 
-    return smp.Unet("resnet34", encoder_weights=None, classes=NUM_CLASSES)
+    from seglab.convert.smp import load_smp_unet
+
+    reference = smp.Unet("resnet34", encoder_weights=None, classes=NUM_CLASSES)
+    return load_smp_unet(reference.state_dict(), model=name), reference
 
 
 def make_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> Callable[[], float]:
@@ -84,11 +84,9 @@ def measure(name: str, size: int, batch: int, reps: int, warmup: int, smoke: boo
     targets = torch.randint(0, NUM_CLASSES, (batch, size, size), generator=gen)
     targets[torch.rand(targets.shape, generator=gen) < 0.05] = 255  # a few ignore pixels, as in real labels
     torch.manual_seed(0)
-    kwargs = {"base_width": 4} if smoke and name == "unet" else {}
-    fns = {"seglab": make_step(create_model(name, num_classes=NUM_CLASSES, **kwargs), images, targets)}
-    reference = _reference(name)
-    note = NOTE[name] + ("; smoke: base_width 4" if kwargs else "")
-    row: dict[str, Any] = {"model": name, "size": size, "batch": batch, "reference": "-", "note": note}
+    ours, reference = _models(name)
+    fns = {"seglab": make_step(ours, images, targets)}
+    row: dict[str, Any] = {"model": name, "size": size, "batch": batch, "reference": "-", "note": NOTE[name]}
     if reference is not None:
         row["reference"] = "smp"
         fns["smp"] = make_step(reference, images, targets)
