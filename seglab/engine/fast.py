@@ -13,7 +13,9 @@ item 2). Each step keeps the model's function; only float rounding changes:
   consecutive ``(Conv2d, BatchNorm2d)`` children of an ``nn.Sequential`` (seglab's ConvBNAct, torchvision's
   Conv2dNormActivation, ResNet's downsample) and torchvision ResNet blocks' ``convN``/``bnN``. Shared convs
   (called more than once), BNs without running statistics and BNs in training mode are never folded.
-- :func:`prepare_fast`: folding, then channels-last weights and inputs (oneDNN's preferred layout on CPU), and
+- :func:`prepare_fast`: folding, then channels-last weights and inputs (oneDNN's preferred layout on CPU for most
+  convolutions; a model whose class sets ``channels_last_inference = False`` is kept in NCHW by the Predictor,
+  see :func:`wants_channels_last`), and
   with ``precision="bf16"`` ``torch.autocast(dtype=torch.bfloat16)`` around the forward, the logits returned
   as float32 so softmax and argmax run in float32. bf16 is used only where the CPU supports it
   (:func:`bf16_supported`), else fp32 with a warning. For bf16 the weights of the convolution and linear layers
@@ -169,6 +171,12 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
     return precision
 
 
+def wants_channels_last(model: nn.Module) -> bool:
+    """False when ``model`` or one of its submodules sets ``channels_last_inference = False`` (measured slower
+    channels-last, e.g. UperNet's head), else True."""
+    return all(getattr(m, "channels_last_inference", True) for m in model.modules())
+
+
 def _to_float(out: Any) -> Any:
     if isinstance(out, torch.Tensor):
         return out.float() if out.is_floating_point() else out
@@ -305,4 +313,5 @@ __all__ = [
     "fold_batchnorm",
     "prepare_fast",
     "resolve_precision",
+    "wants_channels_last",
 ]

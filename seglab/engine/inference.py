@@ -287,7 +287,8 @@ class Predictor:
 
     The fast path (seglab.engine.fast): ``backend="torch"`` with ``fast=True`` (the default) runs, on the CPU, a
     copy of a model that has BatchNorm layers with them folded into the convolutions and channels-last tensors
-    (fp32 results equal eager ones up to float rounding; a model without BatchNorm runs as given);
+    (except for models that set ``channels_last_inference = False``, such as UperNet; fp32 results equal eager
+    ones up to float rounding; a model without BatchNorm runs as given);
     ``precision="bf16"`` adds bf16 autocast where the device supports it
     (fp32 with a warning elsewhere), softmax in float32; ``compile=True`` also runs it through ``torch.compile``
     (worth it for many images of one size: each new size compiles first). ``backend="onnxruntime"`` exports the
@@ -315,7 +316,13 @@ class Predictor:
         backend: str = "torch",
         compile: bool = False,
     ) -> None:
-        from seglab.engine.fast import BACKENDS, OnnxRuntimeModule, prepare_fast, resolve_precision
+        from seglab.engine.fast import (
+            BACKENDS,
+            OnnxRuntimeModule,
+            prepare_fast,
+            resolve_precision,
+            wants_channels_last,
+        )
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
@@ -347,7 +354,8 @@ class Predictor:
             # fast: models with BatchNorm only; others (no fold) keep running as the caller's own object
             on_cpu = self.device.type == "cpu" and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
             if (fast and on_cpu) or self.precision == "bf16" or compile:
-                self.model = prepare_fast(self.model, precision=self.precision, channels_last=bool(fast and on_cpu),
+                channels_last = bool(fast and on_cpu) and wants_channels_last(self.model)
+                self.model = prepare_fast(self.model, precision=self.precision, channels_last=channels_last,
                                           fold_bn=bool(fast and on_cpu), compile=compile)
         self.backend = backend
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 0:

@@ -326,3 +326,19 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(trained_unet, monkey
         out = ready(x)
     assert "torch.compile failed" in caplog.text and not ready.compiled
     assert torch.equal(out, prepare_fast(trained_unet)(x))
+
+
+def test_predictor_keeps_nchw_for_models_that_opt_out_of_channels_last():
+    from seglab.engine.fast import wants_channels_last
+
+    upernet = create_model("upernet_swin_t", num_classes=3).eval()
+    unet = create_model("unet", num_classes=3, **UNET_KWARGS).eval()
+    assert not wants_channels_last(upernet) and wants_channels_last(unet)
+    nchw = Predictor(upernet)
+    assert isinstance(nchw.model, FastModule) and not nchw.model.channels_last
+    assert not _first_conv(nchw.model.inner).weight.is_contiguous(memory_format=torch.channels_last)
+    assert nchw.model.inner.folded_batchnorm > 0  # still folded
+    assert Predictor(unet).model.channels_last
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        assert torch.allclose(nchw.model(x), upernet(x), atol=1e-4)
