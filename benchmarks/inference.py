@@ -243,11 +243,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines += [
         "Latency in ms, median (IQR), one forward pass under `torch.no_grad()`, columns interleaved. *ref / seglab* "
         "> 1 means seglab (fp32 eager) is faster. Fast-path columns give [% of pixels whose label equals seglab fp32 "
-        "eager's]; *compiled* is the bf16 fast model under `torch.compile` (`Predictor(..., compile=True)`), timed "
-        "for the models with a speed target. *ref / fast* is the reference's median over the fastest seglab fast "
-        "column's, *img/s* that column's images per second. GFLOP/s is seglab fp32 eager's FLOPs "
-        "(`torch.utils.flop_counter`) over its median latency; *% ceiling* is against the fp32 matrix-product "
-        "ceiling; *bf16 % ceiling* is the fastest bf16 column's GFLOP/s (same FLOPs) against the bf16 ceiling.",
+        "eager's] and run `prepare_fast(..., channels_last=True)` for every model (the Predictor keeps UperNet, "
+        "which sets `channels_last_inference = False`, in NCHW); *compiled* is the bf16 fast model under "
+        "`torch.compile` (`Predictor(..., compile=True)`), timed for the models with a speed target. *ref / fast* "
+        "is the reference's median over the fastest seglab fast column's, *img/s* that column's images per "
+        "second. GFLOP/s is seglab fp32 eager's FLOPs (`torch.utils.flop_counter`) over its median latency; "
+        "*% ceiling* is against the fp32 matrix-product ceiling; *bf16 % ceiling* is the fastest bf16 column's "
+        "GFLOP/s (same FLOPs) against the bf16 ceiling.",
         "",
         "| model | input | batch | seglab ms | reference | reference ms | ref / seglab | seglab fast fp32 ms "
         "| seglab fast bf16 ms | seglab fast bf16 compiled ms | ref / fast | img/s | GFLOP | GFLOP/s | % ceiling "
