@@ -10,6 +10,7 @@ read with ``weights_only=True``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,25 +74,28 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
-    """Load ``state_dict`` into ``model``; mismatched shapes and missing/unexpected keys are listed."""
-    own = model.state_dict()
+def state_dict_problems(
+    own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], *, strict: bool = True
+) -> list[str]:
+    """What keeps ``given`` from loading where ``own`` is expected: one line each for shape mismatches and (if
+    ``strict``) missing and unexpected keys, at most 20 keys per line; empty when it loads."""
     mismatched = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in given.items()
         if k in own and own[k].shape != v.shape
     ]
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
+    missing = [k for k in own if k not in given] if strict else []
+    unexpected = [k for k in given if k not in own] if strict else []
     problems = []
-    if mismatched:
-        problems.append("shape mismatch: " + "; ".join(mismatched[:20]))
-    if strict and missing:
-        problems.append("missing keys: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
-    if strict and unexpected:
-        problems.append(
-            "unexpected keys: " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else "")
-        )
+    for label, items in (("shape mismatch", mismatched), ("missing keys", missing), ("unexpected keys", unexpected)):
+        if items:
+            more = f" ... ({len(items)} in all)" if len(items) > 20 else ""
+            problems.append(f"{label}: " + ", ".join(items[:20]) + more)
+    return problems
+
+
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
+    """Load ``state_dict`` into ``model``; mismatched shapes and missing/unexpected keys are listed."""
+    problems = state_dict_problems(model.state_dict(), state_dict, strict=strict)
     if problems:
         raise CheckpointError(f"{source}: weights do not match the model ({' | '.join(problems)})")
     model.load_state_dict(state_dict, strict=strict)

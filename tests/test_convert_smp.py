@@ -17,15 +17,6 @@ from seglab.convert.smp import seglab_to_smp_key, smp_to_seglab_key
 from seglab.errors import CheckpointError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _smp_unet(encoder: str = "resnet34", classes: int = 5, **kwargs) -> torch.nn.Module:
     """smp.Unet with seeded random weights and random BN statistics (so BN is not the identity), eval mode."""
     torch.manual_seed(0)

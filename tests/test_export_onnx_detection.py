@@ -23,14 +23,6 @@ SMALL = {  # 128 px in, the model does not resize; a high score threshold so ima
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seglab.checkpoint import load_into, load_state_dict, save_weights
+from seglab.checkpoint import load_into, load_state_dict, save_weights, state_dict_problems
 from seglab.errors import CheckpointError
 from seglab.registry import create_model
 
@@ -91,18 +91,7 @@ def _check_keys(model: nn.Module, schp: _StateDict, source: str, name: str) -> N
     """One CheckpointError listing SCHP-named missing, unexpected and mismatched keys."""
     own = {seglab_to_schp_key(k): v for k, v in model.state_dict().items() if not k.endswith(".num_batches_tracked")}
     given = {k: v for k, v in schp.items() if not k.endswith(".num_batches_tracked")}
-    missing = [k for k in own if k not in given]
-    unexpected = [k for k in given if k not in own]
-    mismatched = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in given.items()
-        if k in own and own[k].shape != v.shape
-    ]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
-        if items:
-            more = f" ... ({len(items)} in all)" if len(items) > 20 else ""
-            problems.append(f"{label}: " + ", ".join(items[:20]) + more)
+    problems = state_dict_problems(own, given)
     if problems:
         raise CheckpointError(
             f"{source}: not an SCHP {name} checkpoint (AugmentCE2P key names expected; {' | '.join(problems)})"

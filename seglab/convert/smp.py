@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seglab.checkpoint import load_into, load_state_dict, save_weights
+from seglab.checkpoint import load_into, load_state_dict, save_weights, state_dict_problems
 from seglab.errors import CheckpointError
 from seglab.registry import create_model
 
@@ -69,18 +69,9 @@ def _read(src: _StateDict | str | Path) -> tuple[_StateDict, str]:
 
 def _check_keys(model: nn.Module, smp: _StateDict, source: str, name: str) -> None:
     """One CheckpointError listing smp-named missing, unexpected and mismatched keys."""
-    own = {seglab_to_smp_key(k): v for k, v in model.state_dict().items()}
-    missing = [k for k in own if k not in smp and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in smp if k not in own]
-    mismatched = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in smp.items() if k in own
-        and own[k].shape != v.shape
-    ]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
-        if items:
-            more = f" ... ({len(items)} in all)" if len(items) > 20 else ""
-            problems.append(f"{label}: " + ", ".join(items[:20]) + more)
+    own = {seglab_to_smp_key(k): v for k, v in model.state_dict().items() if not k.endswith(".num_batches_tracked")}
+    given = {k: v for k, v in smp.items() if not k.endswith(".num_batches_tracked")}
+    problems = state_dict_problems(own, given)
     if problems:
         raise CheckpointError(
             f"{source}: not an smp Unet checkpoint for seglab {name} (smp.Unet with a {name.split('_')[-1]} encoder "

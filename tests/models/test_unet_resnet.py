@@ -18,15 +18,6 @@ from seglab.models.semantic.unet_resnet import UNetResNet, unet_resnet18, unet_r
 from seglab.registry import count_parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("depth", [18, 34, 50])
 def test_parameter_count_equals_smp_unet(depth):
     with torch.device("meta"):
