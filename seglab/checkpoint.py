@@ -65,13 +65,31 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    obj = _torch_load(path, "weights")
+    return _unwrap(_torch_load(path, "weights"), str(path))
+
+
+def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """``obj`` without a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper, checked to map names to tensors."""
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
+        raise CheckpointError(f"{source}: expected a mapping of parameter names to tensors")
     return obj
+
+
+def read_state_dict(
+    src: dict[str, torch.Tensor] | str | Path, what: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Another library's state dict, given in memory or as a file (:func:`load_state_dict`), unwrapped and
+    without DataParallel's ``module.`` prefix; returns it and the name error messages use (the path, or
+    ``"<what> state dict"``). What the converters read their input with."""
+    if isinstance(src, dict):
+        source = f"{what} state dict"
+        state_dict = _unwrap(src, source)
+    else:
+        state_dict, source = load_state_dict(src), str(src)
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}, source
 
 
 def state_dict_problems(

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seglab.checkpoint import load_into, load_state_dict, save_weights, state_dict_problems
+from seglab.checkpoint import load_into, read_state_dict, save_weights, state_dict_problems
 from seglab.errors import CheckpointError
 from seglab.registry import create_model
 
@@ -79,14 +79,6 @@ def _dataset(dataset: str | None) -> str | None:
     return name
 
 
-def _read(src: _StateDict | str | Path) -> tuple[_StateDict, str]:
-    if isinstance(src, dict):
-        state_dict, source = src.get("state_dict", src), "SCHP state dict"
-    else:
-        state_dict, source = load_state_dict(src), str(src)  # unwraps {"state_dict": ...}; weights_only=True
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}, source
-
-
 def _check_keys(model: nn.Module, schp: _StateDict, source: str, name: str) -> None:
     """One CheckpointError listing SCHP-named missing, unexpected and mismatched keys."""
     own = {seglab_to_schp_key(k): v for k, v in model.state_dict().items() if not k.endswith(".num_batches_tracked")}
@@ -128,7 +120,7 @@ def _load(
     src: _StateDict | str | Path, model: str | None, dataset: str | None, inplace_abn: bool, bgr_to_rgb: bool
 ):
     dataset = _dataset(dataset)
-    schp, source = _read(src)
+    schp, source = read_state_dict(src, "SCHP")
     model = model or _infer_model(schp)
     if model not in SCHP_MODELS:
         raise CheckpointError(f"model {model!r}: the SCHP converter builds one of {', '.join(SCHP_MODELS)}")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seglab.checkpoint import load_into, load_state_dict, save_weights, state_dict_problems
+from seglab.checkpoint import load_into, read_state_dict, save_weights, state_dict_problems
 from seglab.errors import CheckpointError
 from seglab.registry import create_model
 
@@ -53,20 +53,6 @@ def seglab_to_smp_key(key: str) -> str:
     return key
 
 
-def _read(src: _StateDict | str | Path) -> tuple[_StateDict, str]:
-    if isinstance(src, dict):
-        state_dict, source = src, "smp state dict"
-        for wrapper in ("state_dict", "model"):
-            if isinstance(state_dict.get(wrapper), dict):
-                state_dict = state_dict[wrapper]
-    else:
-        state_dict, source = load_state_dict(src), str(src)  # unwraps {"state_dict"/"model": ...}; weights_only
-    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{source}: expected a mapping of parameter names to tensors; not tensors: {bad[:5]}")
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}, source
-
-
 def _check_keys(model: nn.Module, smp: _StateDict, source: str, name: str) -> None:
     """One CheckpointError listing smp-named missing, unexpected and mismatched keys."""
     own = {seglab_to_smp_key(k): v for k, v in model.state_dict().items() if not k.endswith(".num_batches_tracked")}
@@ -82,7 +68,7 @@ def _check_keys(model: nn.Module, smp: _StateDict, source: str, name: str) -> No
 def _load(src: _StateDict | str | Path, model: str, num_classes: int | None) -> tuple[nn.Module, int]:
     if model not in SMP_MODELS:
         raise CheckpointError(f"model {model!r}: the smp converter builds one of {', '.join(SMP_MODELS)}")
-    smp, source = _read(src)
+    smp, source = read_state_dict(src, "smp")
     if _CLASSIFIER_KEY in smp:
         found = int(smp[_CLASSIFIER_KEY].shape[0])
         if num_classes is not None and num_classes != found:

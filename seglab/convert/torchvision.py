@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seglab.checkpoint import load_into, load_state_dict, save_weights
+from seglab.checkpoint import load_into, read_state_dict, save_weights
 from seglab.errors import CheckpointError
 from seglab.registry import create_model
 
@@ -60,14 +60,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _read(state_dict_or_path: _STATE_DICT | str | Path) -> tuple[_STATE_DICT, str]:
-    if isinstance(state_dict_or_path, dict):
-        state_dict, source = state_dict_or_path, "torchvision state dict"
-    else:
-        state_dict, source = load_state_dict(state_dict_or_path), str(state_dict_or_path)
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}, source
-
-
 def _resolve_kwargs(name: str, state_dict: _STATE_DICT, source: str, model_kwargs: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(model_kwargs)
     classifier_key = TORCHVISION_MODELS[name]
@@ -85,7 +77,7 @@ def _resolve_kwargs(name: str, state_dict: _STATE_DICT, source: str, model_kwarg
 
 def _load(name: str, state_dict_or_path: _STATE_DICT | str | Path, model_kwargs: dict[str, Any]):
     name = _check_name(name)
-    state_dict, source = _read(state_dict_or_path)
+    state_dict, source = read_state_dict(state_dict_or_path, "torchvision")
     kwargs = _resolve_kwargs(name, state_dict, source, model_kwargs)
     model = create_model(name, **kwargs)
     if name in DETECTION_MODELS:

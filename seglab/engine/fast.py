@@ -220,9 +220,13 @@ class FastModule(nn.Module):
         self.inner = inner
         self.precision = precision
         self.channels_last = channels_last
-        self.compiled = compile
         # kept out of the submodules (no second copy of the parameters in state_dict / modules())
         self.__dict__["_compiled_inner"] = torch.compile(inner, dynamic=False) if compile else None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the forward runs through ``torch.compile`` (False after a failed compilation)."""
+        return self.__dict__["_compiled_inner"] is not None
 
     def _run(self, images: torch.Tensor) -> Any:
         runner = self.__dict__["_compiled_inner"]
@@ -240,7 +244,6 @@ class FastModule(nn.Module):
             log.warning("torch.compile failed for %s (%s); running eagerly", type(self.inner).__name__,
                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             self.__dict__["_compiled_inner"] = None
-            self.compiled = False
             return self.inner(images)
 
     def forward(self, images: torch.Tensor) -> Any:
