@@ -47,7 +47,7 @@ _Forward = Callable[[torch.Tensor], Any]
 
 def own_models() -> tuple[str, ...]:
     """seglab's own models for the table: ``OWN_MODELS`` and those of ``OPTIONAL_OWN_MODELS`` that are registered."""
-    from seglab.registry import list_models
+    from seglab.models import list_models
 
     registered = set(list_models())
     return OWN_MODELS + tuple(name for name in OPTIONAL_OWN_MODELS if name in registered)
@@ -56,7 +56,7 @@ def own_models() -> tuple[str, ...]:
 def known_models() -> tuple[str, ...]:
     """Every name :func:`measure_model` accepts: the torchvision pairs, Mask R-CNN, seglab's semantic and parsing
     models."""
-    from seglab.registry import list_models
+    from seglab.models import list_models
 
     seglab_models = (*list_models(task="semantic"), *list_models(task="parsing"))
     return tuple(dict.fromkeys((*TORCHVISION_PAIRS, DETECTION, *seglab_models)))
@@ -95,7 +95,7 @@ def _smp_pair(name: str) -> tuple[nn.Module, nn.Module, _Forward, _Forward]:
     import segmentation_models_pytorch as smp
 
     from seglab.convert.smp import load_smp_unet
-    from seglab.registry import create_model
+    from seglab.models import create_model
 
     torch.manual_seed(0)
     if name == "unet_resnet34":
@@ -168,7 +168,7 @@ def measure_model(name: str, size: int, batch: int, reps: int, warmup: int) -> d
         row["reference"] = "smp"
         row["note"] = SEMANTIC_NOTE[name]
     else:
-        from seglab.registry import create_model
+        from seglab.models import create_model
 
         torch.manual_seed(0)
         model = create_model(name, num_classes=NUM_CLASSES).eval()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from seglab.losses import SegmentationLoss
-from seglab.registry import create_model
+from seglab.models import create_model
 from seglab.utils import atomic_write_text
 
 PRECISIONS = ("fp32", "bf16")

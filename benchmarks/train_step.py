@@ -32,7 +32,7 @@ from torch import nn
 
 from benchmarks.common import fmt_ms, interleaved, machine_info, summary
 from seglab.losses import SegmentationLoss
-from seglab.registry import create_model
+from seglab.models import create_model
 from seglab.utils import atomic_write_text
 
 NUM_CLASSES = 21

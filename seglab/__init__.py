@@ -8,35 +8,38 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "InferenceOptions",
     "InstancePredictor",
+    "PeopleParser",
     "Predictor",
     "SeglabError",
     "TrainingError",
+    "Trainer",
     "count_parameters",
     "create_model",
     "list_models",
+    "load_model",
     "load_torchvision",
     "model_info",
     "register_model",
 ]
 
-
-_REGISTRY_NAMES = ("count_parameters", "create_model", "list_models", "model_info", "register_model")
+# name -> the module that defines it. These import torch; they load on first use, so `import seglab` stays light
+# and torch-free (a deployment running only seglab.export.ort needs no torch).
+_LAZY = {
+    **dict.fromkeys(("count_parameters", "create_model", "list_models", "model_info", "register_model"),
+                    "seglab.models"),
+    **dict.fromkeys(("InferenceOptions", "InstancePredictor", "Predictor"), "seglab.engine.inference"),
+    "PeopleParser": "seglab.engine.people",
+    "Trainer": "seglab.engine.trainer",
+    "load_model": "seglab.pretrained",
+    "load_torchvision": "seglab.convert.torchvision",
+}
 
 
 def __getattr__(name: str):
-    # The registry, Predictor and the converters import torch; import them lazily so `import seglab` stays
-    # light and torch-free (a deployment running only seglab.export.ort needs no torch).
-    if name in _REGISTRY_NAMES:
-        from seglab import registry
+    if name not in _LAZY:
+        raise AttributeError(f"module 'seglab' has no attribute {name!r}")
+    import importlib
 
-        return getattr(registry, name)
-    if name == "load_torchvision":
-        from seglab.convert.torchvision import load_torchvision
-
-        return load_torchvision
-    if name in ("Predictor", "InstancePredictor"):
-        from seglab.engine import inference
-
-        return getattr(inference, name)
-    raise AttributeError(f"module 'seglab' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

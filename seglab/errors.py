@@ -15,8 +15,8 @@ class DatasetError(SeglabError):
     """A dataset root, split list, image or label file is missing or malformed."""
 
 
-class ConfigError(SeglabError):
-    """A config file has an unknown key, a wrong type or a bad value."""
+class ConfigError(SeglabError, ValueError):
+    """A config file or option has an unknown key, a wrong type or a bad value (also a ValueError)."""
 
 
 class CheckpointError(SeglabError):

@@ -10,10 +10,12 @@ costs no computation. The flop counter counts 2 FLOPs per multiply-add.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from seglab.registry import count_parameters, list_models, model_info
+from seglab.models import count_parameters, list_models, model_info
+from seglab.tasks import task_of
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def model_rows(task: str | None = None) -> list[ModelRow]:
                 params=count_at_paper_setting(name),
                 paper_params=info.paper_params,
                 url=info.url,
-                gflops=flops_at_paper_setting(name) / 1e9 if not info.detection_contract else None,
+                gflops=None if task_of(info).detection else flops_at_paper_setting(name) / 1e9,
             )
         )
     return rows
@@ -90,8 +92,10 @@ def _gflops(row: ModelRow) -> str:
     return "-" if row.gflops is None else f"{row.gflops:.1f}"
 
 
-def models_markdown() -> str:
-    """docs/models.md, generated from the registry (scripts/gen_model_docs.py writes it)."""
+def models_markdown(results_dir: Path | None = None) -> str:
+    """docs/models.md, generated from the registry (scripts/gen_model_docs.py writes it), with the recorded demo
+    runs found in ``results_dir`` (realtime_demo.json, instance_demo.json, parsing_demo.json; the script passes
+    the repository's docs/ folder) appended."""
     lines = [
         "# Models",
         "",
@@ -99,7 +103,7 @@ def models_markdown() -> str:
         "(a test fails when this file is stale).",
         "",
         "*params*: `sum(p.numel())` of the factory built with the paper's setting (column *setting*); "
-        "*reference*: the count from the paper's reference code (see shared/reference/models.md). "
+        "*reference*: the count from the paper or its reference code (the source is in each model file's docstring). "
         "*GFLOPs@512*: `torch.utils.flop_counter` (2 FLOPs per multiply-add) over one eval-mode forward "
         "pass of a 1x3x512x512 input at the paper's setting (auxiliary heads do not run in eval mode).",
         "",
@@ -112,10 +116,15 @@ def models_markdown() -> str:
             f"| `{r.name}` | {r.task} | {paper} | {r.year} | {r.input_size[0]}x{r.input_size[1]} | "
             f"{r.setting} | {_fmt(r.params)} | {_fmt(r.paper_params)} | {_delta(r)} | {_gflops(r)} |"
         )
-    from seglab import instance_demo, parsing_demo, realtime_demo
+    text = "\n".join(lines) + "\n"
+    if results_dir is None:
+        return text
+    from seglab.demos import instance, parsing, realtime
 
-    return ("\n".join(lines) + "\n" + realtime_demo.results_markdown() + instance_demo.results_markdown()
-            + parsing_demo.results_markdown())
+    results_dir = Path(results_dir)
+    return (text + realtime.results_markdown(results_dir / "realtime_demo.json")
+            + instance.results_markdown(results_dir / "instance_demo.json")
+            + parsing.results_markdown(results_dir / "parsing_demo.json"))
 
 
 def models_rich_table(task: str | None = None):

@@ -1,8 +1,10 @@
 """Model registry: name -> factory, with the facts of each model (task, paper, year, input size).
 
 Factories register themselves with :func:`register_model`, in the manner of timm's ``@register_model``:
-the decorator records the model's facts, so :func:`list_models` and :func:`model_info` answer without
-building anything.
+the decorator records the model's facts, so ``seglab.models.list_models`` and ``model_info`` answer without
+building anything. This module only stores: it imports no model file. The package :mod:`seglab.models`
+imports every family (which registers its factories) and holds the lookups (``list_models``, ``model_info``,
+``create_model``), so a lookup always sees every model and no import loops back here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ class ModelInfo:
     """Facts about a registered model.
 
     ``paper_kwargs`` are the factory options that reproduce the paper's setting; ``paper_params`` is the
-    reference parameter count at that setting (from shared/reference/models.md), or None if unknown.
+    reference parameter count at that setting (from the paper or its reference code), or None if unknown.
+    ``detector``: called as a torchvision detector (lists in, dicts out) although its task is another (Parsing
+    R-CNN); ``people``: predicts each person separately (multi-person parsing: PGN, Parsing R-CNN).
     """
 
     name: str
@@ -33,12 +37,8 @@ class ModelInfo:
     url: str = ""
     paper_kwargs: dict[str, Any] = field(default_factory=dict)
     paper_params: int | None = None
-    detector: bool = False  # the torchvision detection contract (lists in, dicts out), e.g. Parsing R-CNN
-
-    @property
-    def detection_contract(self) -> bool:
-        """True for models called as torchvision detectors: every instance model, and detector-based parsing."""
-        return self.task == "instance" or self.detector
+    detector: bool = False
+    people: bool = False
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -54,6 +54,7 @@ def register_model(
     paper_kwargs: dict[str, Any] | None = None,
     paper_params: int | None = None,
     detector: bool = False,
+    people: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a model factory under its function name."""
     if task not in TASKS:
@@ -74,37 +75,11 @@ def register_model(
             paper_kwargs=dict(paper_kwargs or {}),
             paper_params=paper_params,
             detector=detector,
+            people=people,
         )
         return fn
 
     return decorator
-
-
-def _ensure_loaded() -> None:
-    # Importing the model packages runs their @register_model decorators.
-    import seglab.models  # noqa: F401
-
-
-def list_models(task: str | None = None) -> list[str]:
-    """Names of registered models, sorted, optionally only those of one task."""
-    _ensure_loaded()
-    if task is not None and task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    return sorted(n for n, info in _REGISTRY.items() if task is None or info.task == task)
-
-
-def model_info(name: str) -> ModelInfo:
-    """The registered facts of model ``name``."""
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build model ``name`` with factory options ``kwargs`` (``num_classes``, ``pretrained_backbone``, ...)."""
-    return model_info(name).factory(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,15 +21,26 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from seglab.utils import atomic_write
 
+if TYPE_CHECKING:
+    from seglab.data.palettes import LabelSet
+
 IGNORE_COLOR = (255, 255, 255)
 
 log = logging.getLogger(__name__)
+
+
+def save_png(path: str | Path, picture: np.ndarray) -> Path:
+    """Write an ``HxW`` or ``HxWx3`` uint8 array as a PNG, atomically; returns the path."""
+    from PIL import Image
+
+    image = Image.fromarray(np.asarray(picture))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _palette(colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
@@ -90,10 +101,7 @@ def save_overlay(
     alpha: float = 0.5,
 ) -> Path:
     """Write :func:`overlay` as a PNG at ``path`` (atomically); returns the path."""
-    from PIL import Image
-
-    picture = Image.fromarray(overlay(image, label, colors, alpha))
-    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    return save_png(path, overlay(image, label, colors, alpha))
 
 
 def heatmap(values: np.ndarray, vmax: float | None = None, cmap: str = "inferno") -> np.ndarray:
@@ -119,10 +127,7 @@ def heatmap(values: np.ndarray, vmax: float | None = None, cmap: str = "inferno"
 
 def save_heatmap(path: str | Path, values: np.ndarray, vmax: float | None = None, cmap: str = "inferno") -> Path:
     """Write :func:`heatmap` of ``values`` as a PNG at ``path`` (atomically); returns the path."""
-    from PIL import Image
-
-    picture = Image.fromarray(heatmap(values, vmax, cmap))
-    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    return save_png(path, heatmap(values, vmax, cmap))
 
 
 def instance_colors(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
@@ -177,15 +182,15 @@ def save_instances(
     path: str | Path, image: Any, instances: dict[str, Any], class_names: Sequence[str], **kwargs: Any
 ) -> Path:
     """Write :func:`draw_instances`'s picture as a PNG, atomically."""
-    from PIL import Image
-
-    picture = Image.fromarray(draw_instances(image, instances, class_names, **kwargs))
-    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    return save_png(path, draw_instances(image, instances, class_names, **kwargs))
 
 
 def legend(class_names: Sequence[str], colors: Sequence[tuple[int, int, int]], *, row_height: int = 20,
-           width: int = 220) -> np.ndarray:
-    """``HxWx3`` uint8 legend: one row per class, a colour swatch and ``"index name"`` in black on white."""
+           width: int = 220, indices: Sequence[int] | None = None) -> np.ndarray:
+    """``HxWx3`` uint8 legend: one row per class, a colour swatch and ``"index name"`` in black on white.
+
+    ``indices`` are the class indices printed beside the names (default: 0, 1, ...), for a legend of some
+    classes only."""
     from PIL import Image, ImageDraw
 
     if len(class_names) != len(colors):
@@ -197,16 +202,14 @@ def legend(class_names: Sequence[str], colors: Sequence[tuple[int, int, int]], *
         top = 2 + i * row_height
         draw.rectangle([4, top + 2, 4 + row_height * 2, top + row_height - 2], fill=tuple(int(v) for v in palette[i]),
                        outline=(0, 0, 0))
-        draw.text((12 + row_height * 2, top + row_height // 2 - 6), f"{i:2d} {name}", fill=(0, 0, 0))
+        index = i if indices is None else int(indices[i])
+        draw.text((12 + row_height * 2, top + row_height // 2 - 6), f"{index:2d} {name}", fill=(0, 0, 0))
     return np.asarray(picture)
 
 
 def save_legend(path: str | Path, class_names: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> Path:
     """Write :func:`legend` as a PNG, atomically."""
-    from PIL import Image
-
-    picture = Image.fromarray(legend(class_names, colors))
-    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    return save_png(path, legend(class_names, colors))
 
 
 def person_outlines(human_ids: np.ndarray) -> np.ndarray:
@@ -235,6 +238,61 @@ def draw_multi_person_parsing(
     person_colors = np.asarray(instance_colors(int(ids.max()) + 1), dtype=np.uint8) if ids.size else None
     if person_colors is not None and outline.any():
         picture[outline] = person_colors[ids[outline]]
+    return picture
+
+
+def save_prediction(out_dir: str | Path, stem: str, image: Any, label: np.ndarray, label_set: LabelSet) -> list[Path]:
+    """What ``seglab predict`` writes for a label map: ``<stem>.png`` (class indices with the label set's palette,
+    read back as indices), ``<stem>_overlay.png`` (the classes' colours over the image) and ``<stem>_legend.png``
+    (the classes present, with their colours and indices). Atomic writes; returns the three paths."""
+    from seglab.data.io import write_label_png
+
+    out_dir = Path(out_dir)
+    label = np.asarray(label)
+    present = [int(c) for c in np.unique(label) if c < label_set.num_classes]
+    return [
+        write_label_png(out_dir / f"{stem}.png", label.astype(np.uint8), label_set),
+        save_overlay(out_dir / f"{stem}_overlay.png", image, label, label_set.colors),
+        save_png(out_dir / f"{stem}_legend.png", legend([label_set.classes[c] for c in present],
+                                                        [label_set.colors[c] for c in present], indices=present)),
+    ]
+
+
+def save_uncertainty(out_dir: str | Path, stem: str, entropy: np.ndarray, variance: np.ndarray,
+                     num_classes: int) -> list[Path]:
+    """Monte Carlo dropout maps: ``<stem>_entropy.npy``, ``<stem>_variance.npy`` (float32 HxW) and
+    ``<stem>_uncertainty.png`` (the entropy over its maximum ``log K`` as a heat map). Returns the paths."""
+    out_dir = Path(out_dir)
+
+    def npy(path: Path, array: np.ndarray) -> Path:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to the temporary name
+                np.save(fh, array)
+
+        return atomic_write(path, write)
+
+    return [
+        npy(out_dir / f"{stem}_entropy.npy", entropy),
+        npy(out_dir / f"{stem}_variance.npy", variance),
+        save_heatmap(out_dir / f"{stem}_uncertainty.png", entropy / math.log(max(num_classes, 2)), vmax=1.0),
+    ]
+
+
+def save_people(out_dir: str | Path, stem: str, image: Any, people: dict[str, Any], label_set: LabelSet) -> Path:
+    """What ``seglab predict`` writes for multi-person parsing (``people`` as
+    :class:`seglab.engine.people.PeopleParser` returns it): ``<stem>.png`` (the part map, label set's palette),
+    ``<stem>_people.png`` (parts coloured, each person outlined in its own colour), ``<stem>_human_ids.png``
+    (0 background, person n = n) and ``<stem>_people.json`` (id, score, box per person). Returns the picture's path."""
+    from seglab.data.io import write_label_png
+    from seglab.utils import atomic_write_text
+
+    out_dir = Path(out_dir)
+    parsing, human_ids = np.asarray(people["parsing"]), np.asarray(people["human_ids"])
+    write_label_png(out_dir / f"{stem}.png", parsing.astype(np.uint8), label_set)
+    picture = save_png(out_dir / f"{stem}_people.png",
+                       draw_multi_person_parsing(image, parsing, human_ids, label_set.colors))
+    save_png(out_dir / f"{stem}_human_ids.png", human_ids.clip(0, 255).astype(np.uint8))
+    atomic_write_text(out_dir / f"{stem}_people.json", json.dumps(people["people"], indent=1))
     return picture
 
 
@@ -518,6 +576,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 __all__ = [
     "colorize",
     "draw_instances",
+    "draw_multi_person_parsing",
+    "heatmap",
+    "legend",
     "normalize_confusion",
     "overlay",
     "plot_confusion",
@@ -527,6 +588,12 @@ __all__ = [
     "plot_run",
     "plot_val_scores",
     "run_class_names",
+    "save_heatmap",
     "save_instances",
+    "save_legend",
     "save_overlay",
+    "save_people",
+    "save_png",
+    "save_prediction",
+    "save_uncertainty",
 ]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-import seglab.registry
+import seglab.models
 from benchmarks import common, evaluator, inference, train_step
 from benchmarks.run import main
 
@@ -139,12 +139,12 @@ def test_unet_pairs_start_from_the_same_weights():
 
 
 def test_own_models_include_schp_only_when_registered(monkeypatch):
-    registered = seglab.registry.list_models()
+    registered = seglab.models.list_models()
     assert inference.own_models()[:len(inference.OWN_MODELS)] == inference.OWN_MODELS
     assert ("schp_resnet101" in inference.own_models()) == ("schp_resnet101" in registered)
-    monkeypatch.setattr(seglab.registry, "list_models", lambda task=None: [n for n in registered if "schp" not in n])
+    monkeypatch.setattr(seglab.models, "list_models", lambda task=None: [n for n in registered if "schp" not in n])
     assert inference.own_models() == inference.OWN_MODELS
-    monkeypatch.setattr(seglab.registry, "list_models", lambda task=None: [*registered, "schp_resnet101"])
+    monkeypatch.setattr(seglab.models, "list_models", lambda task=None: [*registered, "schp_resnet101"])
     assert inference.own_models() == (*inference.OWN_MODELS, "schp_resnet101")
 
 

@@ -100,8 +100,8 @@ def test_segmentation_loss_uses_bootstrap_when_configured():
 
 
 def test_trainer_reads_bootstrap_top_k_from_the_config():
-    from seglab.engine.trainer import _top_k
     from seglab.errors import ConfigError
+    from seglab.tasks import _top_k
 
     assert _top_k(0.0) is None
     assert _top_k(32768.0) == 32768 and isinstance(_top_k(32768.0), int)

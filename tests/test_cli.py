@@ -2,13 +2,19 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from seglab.cli import main, parse_tta
+from seglab.cli import main
+from seglab.engine.inference import InferenceOptions
 
 
 def test_parse_tta():
-    assert parse_tta("flip,scales=0.75,1,1.25") == (True, (0.75, 1.0, 1.25))
-    assert parse_tta("scales=0.5,1") == (False, (0.5, 1.0))
-    assert parse_tta(None) == (False, (1.0,))
+    """--tta goes through the library's one reader (InferenceOptions.with_tta, as Predictor(tta=...))."""
+    def tta(spec):
+        options = InferenceOptions().with_tta(spec)
+        return options.flip, options.scales
+
+    assert tta("flip,scales=0.75,1,1.25") == (True, (0.75, 1.0, 1.25))
+    assert tta("scales=0.5,1") == (False, (0.5, 1.0))
+    assert tta(None) == (False, (1.0,))
 
 
 def test_models_lists_counts(capsys):

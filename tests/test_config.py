@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from seglab.config import Config, config_to_dict, load_config
-from seglab.demo import demo_config
+from seglab.demos.semantic import demo_config
 from seglab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

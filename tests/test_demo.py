@@ -5,7 +5,7 @@ import pytest
 from rich.console import Console
 
 from seglab.data.datasets import demo as demo_data
-from seglab.demo import run_demo
+from seglab.demos.semantic import run_demo
 
 
 def test_demo_runs_end_to_end_on_small_settings(tmp_path, monkeypatch):

@@ -1,8 +1,18 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from seglab.instance_demo import RESULTS_FILE, train_instance_demo
+from seglab.config import config_to_dict, load_config
+from seglab.demos.instance import instance_demo_config, train_instance_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_FILE = ROOT / "docs" / "instance_demo.json"
+
+
+def test_the_shipped_config_is_the_demo_config():
+    shipped = load_config(ROOT / "configs/mask_rcnn/mask_rcnn_mobilenet_v3_demo_shapes.yaml")
+    assert config_to_dict(shipped) == config_to_dict(instance_demo_config())
 
 
 @pytest.mark.slow

@@ -10,9 +10,10 @@ from PIL import Image
 from seglab.cli import main
 from seglab.config import config_to_dict, load_config
 from seglab.data.datasets.demo_people import generate_demo_people
-from seglab.parsing_demo import RESULTS_FILE, parsing_demo_config, run_parsing_demo
+from seglab.demos.parsing import parsing_demo_config, run_parsing_demo
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS_FILE = ROOT / "docs" / "parsing_demo.json"
 
 
 def test_the_shipped_config_is_the_demo_config():

@@ -1,6 +1,6 @@
 import pytest
 
-from seglab.realtime_demo import REALTIME_MODELS, train_on_demo
+from seglab.demos.realtime import REALTIME_MODELS, train_on_demo
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ from torch import nn
 
 from seglab.checkpoint import load_into, read_state_dict, save_weights, state_dict_problems
 from seglab.errors import CheckpointError
-from seglab.registry import create_model
+from seglab.models import create_model
 
 __all__ = ["SCHP_DATASETS", "convert_schp", "load_schp", "schp_to_seglab_key", "seglab_to_schp_key"]
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from seglab.checkpoint import load_into, read_state_dict, save_weights, state_dict_problems
 from seglab.errors import CheckpointError
-from seglab.registry import create_model
+from seglab.models import create_model
 
 __all__ = ["SMP_MODELS", "convert_smp", "load_smp_unet", "seglab_to_smp_key", "smp_to_seglab_key"]
 

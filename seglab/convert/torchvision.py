@@ -27,7 +27,7 @@ from torch import nn
 
 from seglab.checkpoint import load_into, read_state_dict, save_weights
 from seglab.errors import CheckpointError
-from seglab.registry import create_model
+from seglab.models import create_model
 
 __all__ = ["ALIASES", "TORCHVISION_MODELS", "convert_torchvision", "load_torchvision"]
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from seglab.data.datasets.cihp import CIHPDataset
     from seglab.data.datasets.coco import COCOInstances
     from seglab.data.datasets.voc import PairedSegmentationDataset
+    from seglab.data.palettes import LabelSet
 
 # human-parsing datasets and the label set each uses when data.palette is left at its default ("voc")
 PARSING_DATASETS = {
@@ -73,6 +74,18 @@ def build_dataset(
     if not cfg.root:
         raise ConfigError("data.root: the folder dataset needs data.root (a folder with images/ and masks/)")
     return FolderSegmentation(cfg.root, split, transforms, label_set=label_set)
+
+
+def label_set_for(cfg: DataConfig) -> LabelSet:
+    """The label set of a data config: ``data.palette``, except that the parsing datasets take their own when it is
+    left at its default ("voc")."""
+    from seglab.data.palettes import get_label_set
+
+    name = PARSING_DATASETS[cfg.dataset] if cfg.dataset in PARSING_DATASETS and cfg.palette == "voc" else cfg.palette
+    try:
+        return get_label_set(name)
+    except KeyError as exc:
+        raise ConfigError(f"data.palette: {exc.args[0]}") from None
 
 
 def _parsing_root(cfg: DataConfig) -> str:
@@ -180,4 +193,4 @@ def _build_instance_dataset(cfg: DataConfig, split: str, train: bool) -> COCOIns
     return COCOInstances(ann_file, image_dir, build_instance_transforms(cfg, train))
 
 
-__all__ = ["AUGMENTS", "DATASETS", "INSTANCE_DATASETS", "PARSING_DATASETS", "TASKS", "build_dataset"]
+__all__ = ["AUGMENTS", "DATASETS", "INSTANCE_DATASETS", "PARSING_DATASETS", "TASKS", "build_dataset", "label_set_for"]

@@ -116,6 +116,18 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return buf / dist.get_world_size()
 
 
+def shard_batches(dataset: Any, batch_size: int) -> Any:
+    """This rank's part of ``dataset`` for evaluation: every ``world_size``-th batch of ``batch_size`` items, so
+    each rank's batches are exactly the batches a single process would run (same numbers); the dataset itself
+    in a single process."""
+    world_size = get_world_size()
+    if world_size == 1:
+        return dataset
+    n = len(dataset)
+    starts = range(get_rank() * batch_size, n, world_size * batch_size)
+    return torch.utils.data.Subset(dataset, [i for b in starts for i in range(b, min(b + batch_size, n))])
+
+
 def cleanup() -> None:
     """Leave the process group if one is up."""
     if is_initialized():
@@ -133,4 +145,5 @@ __all__ = [
     "init_from_env",
     "is_initialized",
     "is_main",
+    "shard_batches",
 ]

@@ -3,11 +3,12 @@
 Why a hand-written confusion matrix rather than a metrics library: the matrix is the one quantity
 that must be summed across data-parallel ranks (an integer ``C x C`` tensor all-reduces exactly,
 per-image metrics do not), and every number seglab reports must match the papers' definitions
-(FCN, Parsing R-CNN, SCHP; reference/models.md section 11) to the last digit. All metrics below
+(FCN, Parsing R-CNN, SCHP: their evaluation scripts, cited below) to the last digit. All metrics below
 derive from that single matrix, in one place, so no script recomputes them differently.
 
 Definitions (``hist[g, p]`` counts pixels with ground truth ``g`` predicted as ``p``; rows are
-ground truth; pixels whose ground truth is ``ignore_index`` or outside ``[0, C)`` are dropped):
+ground truth; pixels whose ground truth is ``ignore_index`` or outside ``[0, C)`` are dropped, and
+evaluation refuses the latter, :func:`check_ground_truth`):
 
 - ``aAcc`` (pixel accuracy) = trace / sum.
 - ``Acc_c`` = hist[c, c] / hist[c, :].sum();  ``mAcc`` = mean over classes.
@@ -33,7 +34,7 @@ On full benchmark validation sets, where every class occurs, both rules agree. P
 fwIoU do not depend on the rule.
 
 Instance-level human parsing (CIHP) adds two detection-style metrics over part or person masks,
-defined in reference/models.md section 11 and computed here as the reference scripts do:
+computed here as the reference scripts do:
 :func:`region_ap` (PGN's AP^r, CIHP_PGN ``evaluation/test_inst_part_ap.py``) and
 :func:`person_parsing_ap` (Parsing R-CNN's AP^p and PCP, ``utils/data/evaluation/parsing_eval.py``).
 Both use the continuous VOC AP (:func:`voc_ap`) and IoU thresholds 0.1, ..., 0.9, a match needing
@@ -53,7 +54,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from seglab.engine.inference import check_infer_args, infer_probs, model_device
+from seglab.engine.forward import model_device
+from seglab.engine.inference import InferenceOptions, infer_probs
+from seglab.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -265,26 +268,42 @@ def _same_size_runs(images: list[torch.Tensor]) -> list[tuple[int, int]]:
     return runs
 
 
+def check_ground_truth(mask: torch.Tensor, num_classes: int, where: str, ignore_index: int = 255) -> None:
+    """Raise :class:`~seglab.errors.DatasetError` naming ``where`` if ``mask`` holds values outside
+    ``[0, num_classes)`` other than ``ignore_index``: evaluation must not drop such pixels silently (they mean
+    a label set with more classes than the model, or a corrupt label)."""
+    bad = mask[(mask != ignore_index) & ((mask < 0) | (mask >= num_classes))]
+    if bad.numel():
+        values = sorted({int(v) for v in bad.unique()[:10]})
+        raise DatasetError(f"{where}: ground-truth values {values} are outside the model's {num_classes} classes "
+                           f"[0, {num_classes}) and not the ignore index {ignore_index}; check the label files "
+                           "and model.num_classes against the label set")
+
+
+def _sample_name(dataset: Dataset, index: int) -> str:
+    """The label file of sample ``index`` where the dataset lists them (else its index), for error messages."""
+    paths = getattr(dataset, "label_paths", None)
+    if isinstance(dataset, torch.utils.data.Subset):
+        paths, index = getattr(dataset.dataset, "label_paths", None), dataset.indices[index]
+    return str(paths[index]) if paths is not None and index < len(paths) else f"sample {index}"
+
+
 def evaluate_confusion(
     model: nn.Module,
     dataset: Dataset,
+    options: InferenceOptions | None = None,
     *,
     num_classes: int,
-    mode: str = "whole",
-    crop_size: tuple[int, int] = (512, 512),
-    stride: tuple[int, int] = (341, 341),
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    flip_pairs: Sequence[tuple[int, int]] = (),
     device: str | torch.device | None = None,
     batch_size: int = 1,
     progress: bool = False,
     num_workers: int = 0,
+    **option_keywords: Any,
 ) -> ConfusionMatrix:
     """The confusion matrix of ``model`` over ``dataset``: :func:`evaluate` without the final
     ``compute()``, for callers that merge or all-reduce matrices (one shard of the data per rank).
     """
-    check_infer_args(mode, crop_size, stride, scales)
+    options = InferenceOptions.build(options, **option_keywords)
     if batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be >= 1, got {batch_size}")
     if device is None:
@@ -311,22 +330,21 @@ def evaluate_confusion(
 
         with torch.inference_mode(), Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("eval", total=len(dataset))
-            for items in loader:
+            for batch_index, items in enumerate(loader):
                 images = [item[0] for item in items]
                 masks = [torch.as_tensor(item[1]) for item in items]
-                for image, mask in zip(images, masks, strict=True):
+                for j, (image, mask) in enumerate(zip(images, masks, strict=True)):
                     if image.ndim != 3 or mask.shape != image.shape[-2:]:
                         raise ValueError(f"evaluate: expected image [3, H, W] with mask [H, W], got "
                                          f"{tuple(image.shape)} and {tuple(mask.shape)}")
                     if not image.is_floating_point():
                         raise ValueError(f"evaluate: images must be normalised float tensors, got {image.dtype} "
                                          "(the dataset should apply seglab.data.transforms.normalize_image)")
+                    check_ground_truth(mask, num_classes, _sample_name(dataset, batch_index * batch_size + j),
+                                       matrix.ignore_index)
                 for start, stop in _same_size_runs(images):
                     batch = torch.stack(images[start:stop]).to(device, non_blocking=True)
-                    probs = infer_probs(
-                        model, batch, mode=mode, crop_size=crop_size, stride=stride, scales=scales,
-                        flip=flip, flip_pairs=flip_pairs,
-                    )
+                    probs = infer_probs(model, batch, options)
                     target = torch.stack(masks[start:stop]).to(device, non_blocking=True)
                     matrix.update(probs.argmax(dim=1), target)
                 bar.update(task, advance=len(items))
@@ -339,33 +357,30 @@ def evaluate_confusion(
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
+    options: InferenceOptions | None = None,
     *,
     num_classes: int,
-    mode: str = "whole",
-    crop_size: tuple[int, int] = (512, 512),
-    stride: tuple[int, int] = (341, 341),
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    flip_pairs: Sequence[tuple[int, int]] = (),
     device: str | torch.device | None = None,
     batch_size: int = 1,
     progress: bool = False,
     num_workers: int = 0,
     absent: str = "nan",
+    **option_keywords: Any,
 ) -> SegMetrics:
-    """Segment every ``(image, mask)`` of ``dataset`` with :func:`infer_probs` and return the metrics
-    (``absent``: the rule for classes absent from ground truth and prediction, see ConfusionMatrix.compute).
+    """Segment every ``(image, mask)`` of ``dataset`` with :func:`infer_probs` as ``options`` say (keywords such
+    as ``mode="slide"`` build or change them) and return the metrics (``absent``: the rule for classes absent
+    from ground truth and prediction, see ConfusionMatrix.compute).
 
-    Images are float ``[3, H, W]`` tensors already normalised, masks int ``[H, W]`` with 255 ignored.
+    Images are float ``[3, H, W]`` tensors already normalised, masks int ``[H, W]`` with 255 ignored; a
+    ground-truth value outside ``[0, num_classes)`` other than 255 is a DatasetError naming the label file.
     The images of one batch may differ in size: consecutive same-size images are stacked, the
     others run one by one. The model runs in eval mode under ``torch.inference_mode``; every
     submodule's training flag is restored afterwards. ``device`` defaults to the model's device;
     when given, the model is moved there. ``num_workers`` is the DataLoader's.
     """
     return evaluate_confusion(
-        model, dataset, num_classes=num_classes, mode=mode, crop_size=crop_size, stride=stride, scales=scales,
-        flip=flip, flip_pairs=flip_pairs, device=device, batch_size=batch_size, progress=progress,
-        num_workers=num_workers,
+        model, dataset, options, num_classes=num_classes, device=device, batch_size=batch_size, progress=progress,
+        num_workers=num_workers, **option_keywords,
     ).compute(absent=absent)
 
 
@@ -604,6 +619,7 @@ __all__ = [
     "PARSING_IOU_THRESHOLDS",
     "ConfusionMatrix",
     "SegMetrics",
+    "check_ground_truth",
     "evaluate",
     "evaluate_confusion",
     "metrics_to_text",

@@ -16,9 +16,10 @@ item 2). Each step keeps the model's function; only float rounding changes:
 - :func:`prepare_fast`: folding, then channels-last weights and inputs (oneDNN's preferred layout on CPU for most
   convolutions; a model whose class sets ``channels_last_inference = False`` is kept in NCHW by the Predictor,
   see :func:`wants_channels_last`), and
-  with ``precision="bf16"`` ``torch.autocast(dtype=torch.bfloat16)`` around the forward, the logits returned
-  as float32 so softmax and argmax run in float32. bf16 is used only where the CPU supports it
-  (:func:`bf16_supported`), else fp32 with a warning. For bf16 the weights of the convolution and linear layers
+  with ``precision="bf16"`` ``torch.autocast(dtype=torch.bfloat16)`` around the forward (``"fp16"``: float16, CUDA
+  only), the logits returned as float32 so softmax and argmax run in float32. The precision is checked by
+  :func:`seglab.engine.precision.resolve_precision` (bf16 only where the device supports it, else fp32 with a
+  warning). For bf16 the weights of the convolution and linear layers
   are stored in bf16 once (:func:`cast_matmul_weights`): autocast would otherwise cast every weight on every
   call (the same rounding, so the outputs are bit-identical); the other layers (normalisation, the ops autocast
   keeps in float32) keep float32 parameters. seglab's models resize their final logits in float32
@@ -47,9 +48,11 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from seglab.engine.forward import model_device
+from seglab.engine.precision import AUTOCAST_DTYPES, resolve_precision
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -150,27 +153,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
-def bf16_supported() -> bool:
-    """Whether this CPU runs bf16 convolutions and matrix products natively (oneDNN's check)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
-    """``precision`` validated; ``"bf16"`` becomes ``"fp32"`` (with a warning) where the device lacks bf16."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision == "bf16":
-        kind = torch.device(device).type
-        ok = bf16_supported() if kind == "cpu" else (kind == "cuda" and torch.cuda.is_bf16_supported())
-        if not ok:
-            log.warning("precision='bf16': this %s does not support bf16; running in fp32", kind.upper())
-            return "fp32"
-    return precision
-
-
 def wants_channels_last(model: nn.Module) -> bool:
     """False when ``model`` or one of its submodules sets ``channels_last_inference = False`` (measured slower
     channels-last, e.g. UperNet's head), else True."""
@@ -249,8 +231,8 @@ class FastModule(nn.Module):
     def forward(self, images: torch.Tensor) -> Any:
         if self.channels_last and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        if self.precision == "bf16":
-            with torch.autocast(images.device.type, dtype=torch.bfloat16):
+        if self.precision != "fp32":
+            with torch.autocast(images.device.type, dtype=AUTOCAST_DTYPES[self.precision]):
                 return _to_float(self._run(images))
         return self._run(images)
 
@@ -268,14 +250,12 @@ def prepare_fast(
 
     Returns a :class:`FastModule` wrapping the (folded) copy; ``model`` itself is not modified.
     """
-    from seglab.engine.inference import model_device
-
     precision = resolve_precision(precision, model_device(model))
     inner = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
     if channels_last:
         inner = inner.to(memory_format=torch.channels_last)
-    if precision == "bf16":
-        cast_matmul_weights(inner, torch.bfloat16)
+    if precision != "fp32":
+        cast_matmul_weights(inner, AUTOCAST_DTYPES[precision])
     return FastModule(inner, precision=precision, channels_last=channels_last, compile=compile).eval()
 
 
@@ -307,14 +287,11 @@ class OnnxRuntimeModule(nn.Module):
 
 __all__ = [
     "BACKENDS",
-    "PRECISIONS",
     "FastModule",
     "OnnxRuntimeModule",
-    "bf16_supported",
     "cast_matmul_weights",
     "count_batchnorm",
     "fold_batchnorm",
     "prepare_fast",
-    "resolve_precision",
     "wants_channels_last",
 ]

@@ -29,15 +29,22 @@ not change the grad mode: callers run it under ``torch.inference_mode`` (evaluat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from seglab.engine.forward import forward_logits, model_device
+
+if TYPE_CHECKING:
+    from seglab.config import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +102,6 @@ def sliding_windows(
     return windows
 
 
-def forward_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``model(images)`` as float logits ``[B, K, H, W]`` at the input's size (dict outputs: ``"out"``)."""
-    out = model(images)
-    if isinstance(out, dict):
-        if "out" not in out:
-            raise ValueError(f"model returned a dict without 'out' (keys: {sorted(out)})")
-        out = out["out"]
-    if not isinstance(out, torch.Tensor) or out.ndim != 4:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model output must be logits [B, K, H, W], got {got}")
-    out = out.float()
-    if out.shape[-2:] != images.shape[-2:]:
-        out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    return out
-
-
 def _slide_probs(
     model: nn.Module, images: torch.Tensor, crop_size: tuple[int, int], stride: tuple[int, int]
 ) -> torch.Tensor:
@@ -150,47 +141,94 @@ def _flip_permutation(flip_pairs: Sequence[tuple[int, int]], num_classes: int) -
     return perm
 
 
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How a semantic model is run over an image: one value passed from the config or the command line
+    down to :func:`infer_probs` (instead of six keywords at every call site).
+
+    ``mode`` whole or slide, ``crop_size`` and ``stride`` of the sliding window (H, W), ``scales`` and ``flip``
+    (with ``flip_pairs``, the label set's left/right pairs swapped on the flipped pass) for test-time
+    augmentation, ``max_whole_pixels`` the whole-mode size above which a sliding window runs instead (None:
+    never). Checked and normalised to tuples when built; :meth:`from_config` reads a config's ``eval`` section,
+    :meth:`with_tta` applies a TTA spec such as ``"flip,scales=0.75,1,1.25"``.
+    """
+
+    mode: str = "whole"
+    crop_size: tuple[int, int] = (512, 512)
+    stride: tuple[int, int] = (341, 341)
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+    max_whole_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        crop, step, scales = check_infer_args(self.mode, self.crop_size, self.stride, self.scales)
+        object.__setattr__(self, "crop_size", crop)
+        object.__setattr__(self, "stride", step)
+        object.__setattr__(self, "scales", scales)
+        object.__setattr__(self, "flip", bool(self.flip))
+        object.__setattr__(self, "flip_pairs", tuple((int(a), int(b)) for a, b in self.flip_pairs))
+        object.__setattr__(self, "max_whole_pixels", check_max_whole_pixels(self.max_whole_pixels))
+
+    @classmethod
+    def from_config(cls, eval_cfg: EvalConfig, flip_pairs: Sequence[tuple[int, int]] = (), **changes: Any
+                    ) -> InferenceOptions:
+        """The options of a config's ``eval`` section (mode, crop_size, stride, scales, flip), with ``changes``."""
+        e = eval_cfg
+        values = dict(mode=e.mode, crop_size=tuple(e.crop_size), stride=tuple(e.stride), scales=tuple(e.scales),
+                      flip=e.flip, flip_pairs=tuple(flip_pairs))
+        return cls(**{**values, **changes})
+
+    def with_tta(self, tta: str | Sequence[str] | None) -> InferenceOptions:
+        """These options with flip turned on and the scales replaced as ``tta`` says (see :func:`parse_tta`)."""
+        if not tta:
+            return self
+        flip, scales = parse_tta(tta)
+        return dataclasses.replace(self, flip=self.flip or flip, scales=scales if scales is not None else self.scales)
+
+    def replace(self, **changes: Any) -> InferenceOptions:
+        """A copy with ``changes`` (checked like the original)."""
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @classmethod
+    def build(cls, options: InferenceOptions | None = None, **keywords: Any) -> InferenceOptions:
+        """``options`` with the keyword changes, or options made from the keywords alone (the functions that
+        take options also take their fields as keywords, for calls from Python)."""
+        return cls(**keywords) if options is None else options.replace(**keywords)
+
+
 def infer_probs(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    mode: str = "whole",
-    crop_size: tuple[int, int] = (512, 512),
-    stride: tuple[int, int] = (341, 341),
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    flip_pairs: Sequence[tuple[int, int]] = (),
-    max_whole_pixels: int | None = None,
+    model: nn.Module, images: torch.Tensor, options: InferenceOptions | None = None, **keywords: Any
 ) -> torch.Tensor:
     """Softmax probabilities ``[B, K, H, W]`` for normalised ``images [B, 3, H, W]``, at their size.
 
-    Averages over ``scales`` x (unflipped, flipped if ``flip``); see the module docstring. In whole
-    mode, a (scaled) image of more than ``max_whole_pixels`` pixels is inferred by sliding window.
+    Runs as ``options`` say (keywords such as ``mode="slide"`` build or change them): averages over
+    ``scales`` x (unflipped, flipped if ``flip``); see the module docstring. In whole mode, a (scaled) image
+    of more than ``max_whole_pixels`` pixels is inferred by sliding window.
     """
-    crop, step, scale_list = check_infer_args(mode, crop_size, stride, scales)
-    max_whole_pixels = check_max_whole_pixels(max_whole_pixels)
+    o = InferenceOptions.build(options, **keywords)
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f"infer_probs: images must be a float tensor [B, 3, H, W], got "
                          f"{images.dtype} {tuple(images.shape)}")
     h, w = images.shape[-2:]
     total: torch.Tensor | None = None
     runs = 0
-    for scale in scale_list:
+    for scale in o.scales:
         size = (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))
         scaled = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        slide = mode == "slide"
-        if not slide and max_whole_pixels is not None and size[0] * size[1] > max_whole_pixels:
+        slide = o.mode == "slide"
+        if not slide and o.max_whole_pixels is not None and size[0] * size[1] > o.max_whole_pixels:
             log.info("image of %dx%d pixels exceeds max_whole_pixels=%d: sliding window %s, stride %s instead of "
-                     "a whole-image pass", size[0], size[1], max_whole_pixels, crop, step)
+                     "a whole-image pass", size[0], size[1], o.max_whole_pixels, o.crop_size, o.stride)
             slide = True
-        for flipped in (False, True) if flip else (False,):
+        for flipped in (False, True) if o.flip else (False,):
             x = scaled.flip(-1) if flipped else scaled
             if slide:
-                probs = _slide_probs(model, x, crop, step)
+                probs = _slide_probs(model, x, o.crop_size, o.stride)
             else:
                 probs = forward_logits(model, x).softmax(dim=1)
             if flipped:
-                probs = probs.flip(-1)[:, _flip_permutation(flip_pairs, probs.shape[1])]
+                probs = probs.flip(-1)[:, _flip_permutation(o.flip_pairs, probs.shape[1])]
             if probs.shape[-2:] != (h, w):
                 probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
             total = probs if total is None else total + probs
@@ -222,15 +260,6 @@ def parse_tta(tta: str | Sequence[str]) -> tuple[bool, tuple[float, ...] | None]
                 f"tta: cannot read {token!r} in {tta!r}; expected e.g. ['flip', 'scales=0.75,1,1.25']"
             ) from None
     return flip, (tuple(scales) if scales is not None else None)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _to_input(image: Any) -> torch.Tensor:
@@ -281,16 +310,18 @@ class Predictor:
     only), and :meth:`predict_uncertainty` also returns the entropy and variance. ``mc_seed`` makes the
     samples repeatable without touching the global RNG (default: the global RNG draws them).
 
-    ``max_whole_pixels`` bounds memory: in whole mode an image (at any scale) larger than this many
-    pixels is inferred by sliding window with ``crop_size``/``stride`` (None: always whole). Monte
-    Carlo dropout always runs whole images.
+    ``options`` (an :class:`InferenceOptions`) say how each image is run; keywords such as ``mode="slide"``,
+    ``crop_size``, ``scales``, ``flip``, ``flip_pairs`` build or change them. ``max_whole_pixels`` bounds
+    memory: in whole mode an image (at any scale) larger than this many pixels is inferred by sliding window
+    with ``crop_size``/``stride`` (default 2048 x 2048 unless ``options`` are given; None: always whole).
+    Monte Carlo dropout always runs whole images.
 
     The fast path (seglab.engine.fast): ``backend="torch"`` with ``fast=True`` (the default) runs, on the CPU, a
     copy of a model that has BatchNorm layers with them folded into the convolutions and channels-last tensors
     (except for models that set ``channels_last_inference = False``, such as UperNet; fp32 results equal eager
     ones up to float rounding; a model without BatchNorm runs as given);
-    ``precision="bf16"`` adds bf16 autocast where the device supports it
-    (fp32 with a warning elsewhere), softmax in float32; ``compile=True`` also runs it through ``torch.compile``
+    ``precision="bf16"`` adds bf16 autocast where the device supports it (fp32 with a warning elsewhere;
+    ``"fp16"`` on CUDA), softmax in float32; ``compile=True`` also runs it through ``torch.compile``
     (worth it for many images of one size: each new size compiles first). ``backend="onnxruntime"`` exports the
     model to a temporary ONNX file (or takes ``model`` as the path of one) and runs it with onnxruntime on the
     CPU, fp32. ``self.model`` is the module that runs (the original model moved to ``device`` when nothing applies).
@@ -299,42 +330,26 @@ class Predictor:
     def __init__(
         self,
         model: nn.Module | str | Path,
+        options: InferenceOptions | None = None,
         *,
-        mode: str = "whole",
-        crop_size: tuple[int, int] = (512, 512),
-        stride: tuple[int, int] = (341, 341),
-        scales: Sequence[float] = (1.0,),
-        flip: bool = False,
         tta: Sequence[str] | str | None = None,
-        flip_pairs: Sequence[tuple[int, int]] = (),
         device: str | torch.device | None = None,
         mc_samples: int = 0,
         mc_seed: int | None = None,
-        max_whole_pixels: int | None = DEFAULT_MAX_WHOLE_PIXELS,
         precision: str = "fp32",
         fast: bool = True,
         backend: str = "torch",
         compile: bool = False,
+        **option_keywords: Any,
     ) -> None:
-        from seglab.engine.fast import (
-            BACKENDS,
-            OnnxRuntimeModule,
-            prepare_fast,
-            resolve_precision,
-            wants_channels_last,
-        )
+        from seglab.engine.fast import BACKENDS, OnnxRuntimeModule, prepare_fast, wants_channels_last
+        from seglab.engine.precision import resolve_precision
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        if tta:
-            tta_flip, tta_scales = parse_tta(tta)
-            flip = flip or tta_flip
-            scales = tta_scales if tta_scales is not None else scales
-        self.crop_size, self.stride, self.scales = check_infer_args(mode, crop_size, stride, scales)
-        self.mode = mode
-        self.max_whole_pixels = check_max_whole_pixels(max_whole_pixels)
-        self.flip = bool(flip)
-        self.flip_pairs = tuple((int(a), int(b)) for a, b in flip_pairs)
+        if options is None:
+            option_keywords.setdefault("max_whole_pixels", DEFAULT_MAX_WHOLE_PIXELS)
+        self.options = InferenceOptions.build(options, **option_keywords).with_tta(tta)
         if backend == "onnxruntime":
             if precision != "fp32" or mc_samples or compile:
                 raise ValueError(f"backend='onnxruntime' runs fp32 without Monte Carlo dropout or torch.compile; got "
@@ -353,7 +368,7 @@ class Predictor:
             self.precision = resolve_precision(precision, self.device)
             # fast: models with BatchNorm only; others (no fold) keep running as the caller's own object
             on_cpu = self.device.type == "cpu" and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-            if (fast and on_cpu) or self.precision == "bf16" or compile:
+            if (fast and on_cpu) or self.precision != "fp32" or compile:
                 channels_last = bool(fast and on_cpu) and wants_channels_last(self.model)
                 self.model = prepare_fast(self.model, precision=self.precision, channels_last=channels_last,
                                           fold_bn=bool(fast and on_cpu), compile=compile)
@@ -369,11 +384,24 @@ class Predictor:
                 raise ValueError(f"mc_samples={self.mc_samples}: {type(model).__name__} has no dropout layers, so "
                                  "Monte Carlo dropout would repeat one prediction; use a model with dropout "
                                  "(e.g. bayesian_segnet_vgg16) or mc_samples=0")
-            if mode != "whole" or self.scales != (1.0,) or self.flip:
+            o = self.options
+            if o.mode != "whole" or o.scales != (1.0,) or o.flip:
                 raise ValueError("mc_samples > 0 supports whole-image inference only: it cannot be combined with "
-                                 f"mode={mode!r}, scales={self.scales} or flip={self.flip}")
+                                 f"mode={o.mode!r}, scales={o.scales} or flip={o.flip}")
             if mc_seed is not None:
                 self.mc_generator = torch.Generator().manual_seed(int(mc_seed))
+
+    @property
+    def flip(self) -> bool:
+        return self.options.flip
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return self.options.scales
+
+    @property
+    def max_whole_pixels(self) -> int | None:
+        return self.options.max_whole_pixels
 
     def _mc(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         from seglab.methods.mc_dropout import mc_predict
@@ -384,10 +412,7 @@ class Predictor:
         if self.mc_samples:
             return self._mc(batch)["mean"]
         with torch.inference_mode():
-            return infer_probs(
-                self.model, batch.to(self.device), mode=self.mode, crop_size=self.crop_size, stride=self.stride,
-                scales=self.scales, flip=self.flip, flip_pairs=self.flip_pairs, max_whole_pixels=self.max_whole_pixels,
-            )
+            return infer_probs(self.model, batch.to(self.device), self.options)
 
     def predict_probs(self, image: Any) -> torch.Tensor:
         """Class probabilities ``[K, H, W]`` (float32, on the CPU) for one image."""
@@ -430,8 +455,6 @@ class Predictor:
         return labels
 
 
-
-
 class InstancePredictor:
     """Detect and segment instances in single images: ``InstancePredictor(model)(image) -> dict``.
 
@@ -457,13 +480,12 @@ class InstancePredictor:
 
 __all__ = [
     "DEFAULT_MAX_WHOLE_PIXELS",
+    "InferenceOptions",
     "InstancePredictor",
     "Predictor",
     "check_infer_args",
     "check_max_whole_pixels",
-    "forward_logits",
     "infer_probs",
-    "model_device",
     "parse_tta",
     "sliding_windows",
 ]

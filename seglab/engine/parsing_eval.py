@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from seglab.engine.evaluator import ConfusionMatrix, _json_float, person_parsing_ap
+from seglab.engine.evaluator import ConfusionMatrix, _json_float, check_ground_truth, person_parsing_ap
+from seglab.engine.people import semantic_from_instances
 
 
 @dataclass
@@ -62,8 +63,6 @@ def evaluate_person_parsing(
     """Run ``model`` (the detection contract, eval outputs with ``parsing`` and ``parsing_scores``) over
     ``dataset`` (items ``(image [3,H,W] in 0-1, target with "parsing" [N,H,W])``) and compute AP^p, PCP and
     the merged maps' metrics (``absent`` as :meth:`ConfusionMatrix.compute`)."""
-    from seglab.models.parsing.parsing_rcnn import semantic_from_instances
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
     training = model.training
     model.eval()
@@ -79,7 +78,9 @@ def evaluate_person_parsing(
                                                                           strict=True)])
             ground_truths.append([p.numpy() for p in gt])
             merged = semantic_from_instances(result, tuple(image.shape[-2:]), merge_score_threshold)
-            matrix.update(merged, _merged_ground_truth(gt))
+            merged_gt = _merged_ground_truth(gt)
+            check_ground_truth(merged_gt, num_classes, f"sample {index} (person parsing maps)")
+            matrix.update(merged, merged_gt)
     finally:
         model.train(training)
     ap = person_parsing_ap(predictions, ground_truths, num_classes=num_classes)

@@ -47,9 +47,10 @@ from seglab.checkpoint import (
 )
 from seglab.config import Config, save_config
 from seglab.engine import distributed as dist_utils
+from seglab.engine.precision import autocast, resolve_precision
 from seglab.errors import ConfigError, TrainingError
-from seglab.losses import SegmentationLoss
-from seglab.registry import create_model, model_info
+from seglab.models import create_model
+from seglab.tasks import task_of
 from seglab.utils import atomic_write_text, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class _EpochSampler(torch.utils.data.Sampler[int]):
         return len(self.order)
 
 
-class _SeededSamples(torch.utils.data.Dataset):
+class SeededSamples(torch.utils.data.Dataset):
     """``dataset`` whose sample ``i`` in epoch ``epoch`` is read with every RNG seeded from
     ``(seed, epoch, i)``; the caller's RNG states are left as they were."""
 
@@ -153,16 +154,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
-CLASS_WEIGHTINGS = ("none", "median_frequency")
-PRECISIONS = ("fp32", "bf16", "fp16")
 LOGGERS = ("jsonl", "tensorboard")
 
 
-def resolve_precision(cfg: Config, device: torch.device) -> str:
-    """``train.precision`` checked against the device, with the deprecated ``train.amp: true`` read as bf16."""
+def resolve_train_precision(cfg: Config, device: torch.device) -> str:
+    """``train.precision`` checked against the device (:func:`seglab.engine.precision.resolve_precision`), with
+    the deprecated ``train.amp: true`` read as bf16."""
     precision = cfg.train.precision
-    if precision not in PRECISIONS:
-        raise ConfigError(f"train.precision: unknown value {precision!r}; expected one of: {', '.join(PRECISIONS)}")
     if cfg.train.amp:
         if precision == "fp32":
             log.warning("train.amp is deprecated: use train.precision: bf16 (taken as bf16)")
@@ -170,35 +168,40 @@ def resolve_precision(cfg: Config, device: torch.device) -> str:
         elif precision != "bf16":
             raise ConfigError(f"train.amp: true (bf16) conflicts with train.precision: {precision}; "
                               "drop train.amp (deprecated)")
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.precision: fp16 needs a CUDA device (GradScaler), got {device.type}; "
-                          "use bf16 on the CPU")
-    return precision
-
-
-def median_frequency_class_weights(dataset: Any, num_classes: int) -> torch.Tensor:
-    """SegNet's median frequency weights from ``dataset``'s label files, read without augmentation."""
-    from seglab.data.io import read_label
-    from seglab.losses import class_pixel_counts, median_frequency_weights
-
-    read = getattr(dataset, "load_label", read_label)  # VOC datasets also read SBD .mat labels
-    labels = (read(path) for path in dataset.label_paths)
-    counts, image_pixels = class_pixel_counts(labels, num_classes)
-    return median_frequency_weights(counts, image_pixels).float()
+    return resolve_precision(precision, device, training=True, key="train.precision")
 
 
 class Trainer:
-    """Trains ``cfg.model`` on ``cfg.data``, evaluating and checkpointing as the config says."""
+    """Trains ``cfg.model`` on ``cfg.data``, evaluating and checkpointing as the config says.
 
-    def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = False) -> None:
-        from seglab.data import build_dataset
-        from seglab.data.palettes import get_label_set
+    The model and the datasets may be given as objects (``model``, ``train_set``, ``val_set``); the config
+    still names the model (for the weights files' metadata) and holds every other setting. What differs per
+    task (data items, collation, loss, metrics) comes from the model's :class:`~seglab.tasks.Task`.
+
+    Hooks for methods that change one step of the loop (self-correction overrides :meth:`compute_loss` and
+    :meth:`eval_model`): :meth:`prepare_batch` (a collated batch onto the device), :meth:`compute_loss` (the
+    forward pass under autocast and the loss), :meth:`evaluate` (the validation metrics) and
+    :meth:`eval_model` (the model evaluated and saved as best).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        model: torch.nn.Module | None = None,
+        train_set: Any = None,
+        val_set: Any = None,
+        resume: bool = False,
+        progress: bool = False,
+    ) -> None:
+        from seglab.data import label_set_for
+
         self.cfg = cfg
         t = cfg.train
         self.dist, self.device = dist_utils.init_from_env(resolve_device(t.device))
         self.is_main = self.dist.is_main
         self.progress = progress and self.is_main
-        self.precision = resolve_precision(cfg, self.device)
+        self.precision = resolve_train_precision(cfg, self.device)
         if t.accumulate_steps < 1:
             raise ConfigError(f"train.accumulate_steps must be >= 1, got {t.accumulate_steps}")
         if t.logger not in LOGGERS:
@@ -210,12 +213,12 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         seed_everything(t.seed)
-        self.label_set = get_label_set(cfg.data.palette)
-        self.task = model_info(cfg.model.name).task
-        # lists of images and target dicts in, a dict of losses out: instance models and Parsing R-CNN
-        self.detection = model_info(cfg.model.name).detection_contract
-        data_task = "instance" if self.detection else self.task
-        self.model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+        self.task = task_of(cfg.model.name)
+        self.label_set = label_set_for(cfg.data)
+        self.task.check_classes(cfg, self.label_set)
+        if model is None:
+            model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+        self.model = model
         if t.sync_bn and self.dist.distributed:
             if self.device.type != "cuda":
                 raise ConfigError("train.sync_bn: SyncBatchNorm runs on CUDA only in this torch version; "
@@ -234,8 +237,10 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=t.find_unused_parameters,
             )
-        self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, task=data_task)
-        self.val_set = build_dataset(eval_data_config(cfg.data), cfg.data.val_split, train=False, task=data_task)
+        self.train_set = train_set if train_set is not None else self.task.build_dataset(
+            cfg.data, cfg.data.train_split, train=True)
+        self.val_set = val_set if val_set is not None else self.task.build_dataset(
+            cfg.data, cfg.data.val_split, train=False)
         if len(self.train_set) < cfg.data.batch_size:
             raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_set)} training images"
@@ -244,40 +249,14 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(cfg, it))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self._logger = None
-        self.criterion = None  # detection-contract models compute their own losses
-        if not self.detection:
-            if cfg.train.loss == "ce":
-                self.criterion = SegmentationLoss(
-                    aux_weights=cfg.train.aux_weights,
-                    class_weights=self._class_weights(),
-                    bootstrap_top_k=_top_k(cfg.train.bootstrap_top_k),
-                )
-            else:
-                self.criterion = build_parsing_criterion(cfg)
+        self.criterion = self.task.build_criterion(cfg, self.train_set)  # None: the model computes its losses
+        if self.criterion is not None:
             self.criterion.to(self.device)
         self.iteration = 0
-        self.best_score = -1.0  # val mIoU (semantic) or mask AP (instance)
+        self.best_score = -1.0  # the task's score: val mIoU, or mask AP for instance models
         self.history: list[dict[str, Any]] = []
         if resume:
             self._resume()
-
-    def _class_weights(self) -> torch.Tensor | None:
-        """``train.class_weights`` if given, else the ``train.class_weighting`` scheme's weights (or None)."""
-        cfg = self.cfg
-        scheme = cfg.train.class_weighting
-        if scheme not in CLASS_WEIGHTINGS:
-            raise ConfigError(
-                f"train.class_weighting: unknown value {scheme!r}; expected one of: {', '.join(CLASS_WEIGHTINGS)}"
-            )
-        if cfg.train.class_weights:
-            if scheme != "none":
-                log.info("train.class_weights given: train.class_weighting=%s is not used", scheme)
-            return torch.tensor(cfg.train.class_weights)
-        if scheme == "none":
-            return None
-        weights = median_frequency_class_weights(self.train_set, cfg.model.num_classes)
-        log.info("median frequency class weights: %s", [round(float(w), 4) for w in weights])
-        return weights
 
     # -- checkpoints -------------------------------------------------------------------------------
     def weights_metadata(self) -> dict[str, Any]:
@@ -289,10 +268,7 @@ class Trainer:
             "label_set": self.cfg.data.palette,
             "iteration": self.iteration,
         }
-        if self.task == "instance":  # the dataset's category names and ids, for COCO results
-            meta["classes"] = list(self.train_set.classes)
-            meta["label_to_cat_id"] = {str(k): int(v) for k, v in self.train_set.label_to_cat_id.items()}
-        return meta
+        return {**meta, **self.task.weights_metadata(self.train_set)}
 
     def save_checkpoint(self) -> None:
         """Write last_state.pt (everything ``--resume`` needs, in one atomic file), then last.safetensors.
@@ -388,16 +364,14 @@ class Trainer:
         bs = self.cfg.data.batch_size  # global: each rank reads its slice of every global batch
         per_epoch = len(self.train_set) // bs
         epoch, start = divmod(self.iteration * self.cfg.train.accumulate_steps, per_epoch)
-        collate = None
-        if self.detection:
-            from seglab.data.instance_transforms import collate_instances as collate
+        collate = self.task.collate_fn()
         while True:
             sampler = _EpochSampler(
                 len(self.train_set), self.cfg.train.seed, epoch, start * bs, batch_size=bs, rank=self.dist.rank,
                 world_size=self.dist.world_size,
             )
             loader = DataLoader(
-                _SeededSamples(self.train_set, self.cfg.train.seed, epoch),
+                SeededSamples(self.train_set, self.cfg.train.seed, epoch),
                 batch_size=self.local_batch_size,
                 sampler=sampler,
                 num_workers=self.cfg.data.workers,
@@ -424,30 +398,19 @@ class Trainer:
                 "reads in the main process and shows the failing file)"
             ) from None
 
-    def _forward_loss(self, images, targets) -> tuple[torch.Tensor, dict[str, float]]:
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
-        if self.detection:
-            images = [im.to(self.device, non_blocking=True) for im in images]
-            targets = [{k: _plain(v).to(self.device) for k, v in t.items()} for t in targets]
-            with autocast:
-                losses = self.train_model(images, targets)
-            losses = {k: v.float() for k, v in losses.items()}
-            loss = sum(losses.values())
-            return loss, {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
-        images = images.to(self.device, non_blocking=True)
-        if isinstance(targets, dict):  # parsing targets with extras (pose joints, person ids)
-            targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
-            if isinstance(self.criterion, SegmentationLoss):
-                targets = targets["mask"]
-        else:
-            targets = targets.to(self.device, non_blocking=True)
-        if self.cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            outputs = self.train_model(images)
-        outputs = {k: _to_float(v) for k, v in outputs.items()} if isinstance(outputs, dict) else outputs.float()
-        return self.criterion(outputs, targets)
+    def prepare_batch(self, images: Any, targets: Any) -> tuple[Any, Any]:
+        """Hook: a collated batch moved to the device as the task wants it (see Task.prepare_batch)."""
+        return self.task.prepare_batch(images, targets, self.device, self.cfg.train.channels_last)
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context of ``train.precision`` (disabled for fp32)."""
+        return autocast(self.precision, self.device)
+
+    def compute_loss(self, inputs: Any, targets: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Hook: the training forward pass under autocast, then the loss (in float32) and its logged parts."""
+        with self.autocast():
+            outputs = self.task.train_forward(self.train_model, inputs, targets)
+        return self.task.loss(outputs, targets, self.criterion)
 
     def _mean_over_ranks(self, loss: torch.Tensor, parts: dict[str, float]) -> tuple[float, dict[str, float]]:
         """The loss and its parts averaged over the ranks (as logged); unchanged in a single process."""
@@ -471,7 +434,7 @@ class Trainer:
         for i, (images, targets) in enumerate(micro_batches):
             no_sync = self.dist.distributed and i < steps - 1
             with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
-                loss, parts = self._forward_loss(images, targets)
+                loss, parts = self.compute_loss(*self.prepare_batch(images, targets))
                 value, parts = self._mean_over_ranks(loss, parts)  # NaN on any rank stops every rank
                 if not math.isfinite(value):
                     raise TrainingError(
@@ -495,55 +458,21 @@ class Trainer:
         path = self.ckpt_dir / "last_state.pt"
         return int(load_training_state(path)["iteration"]) if path.is_file() else None
 
-    def _val_shard(self):
-        """This rank's part of the val set: every ``world_size``-th batch of ``eval.batch_size`` images,
-        so each rank's batches are exactly the batches a single process would run (same numbers)."""
-        if not self.dist.distributed:
-            return self.val_set
-        bs, n = self.cfg.eval.batch_size, len(self.val_set)
-        starts = range(self.dist.rank * bs, n, self.dist.world_size * bs)
-        return torch.utils.data.Subset(self.val_set, [i for b in starts for i in range(b, min(b + bs, n))])
-
     def eval_model(self) -> torch.nn.Module:
         """The model that is evaluated and saved as best.safetensors (methods that keep another model, such as
         self-correction's aggregated model, override this)."""
         return self.model
 
-    def evaluate(self):
-        """Validation metrics: SegMetrics (semantic) or InstanceMetrics with COCO AP (instance).
+    def evaluate(self) -> Any:
+        """Hook: the validation metrics of :meth:`eval_model` (the task's: SegMetrics, COCO AP, AP^p).
 
-        Distributed: every rank must call it; each evaluates its shard, the confusion matrices are summed
-        (or the COCO results gathered), and every rank returns the single-process metrics.
+        Distributed: every rank must call it; the task shards the val set and combines the results, so every
+        rank returns the single-process metrics.
         """
-        if self.task == "instance":
-            from seglab.engine.coco_eval import evaluate_instances
-
-            return evaluate_instances(  # shards and gathers by itself under torch.distributed
-                self.eval_model(), self.val_set, device=self.device, batch_size=self.cfg.eval.batch_size,
-                results_dir=self.run_dir / "coco_results" if self.is_main else None,
-            )
-        if self.detection:  # Parsing R-CNN: AP^p, PCP and the merged maps' mIoU (every rank evaluates all)
-            from seglab.engine.parsing_eval import evaluate_person_parsing
-
-            return evaluate_person_parsing(self.eval_model(), self.val_set, num_classes=self.cfg.model.num_classes,
-                                           device=self.device, absent=self.cfg.eval.absent)
-        from seglab.engine.evaluator import evaluate_confusion
-
-        e = self.cfg.eval
-        return evaluate_confusion(
-            self.eval_model(),
-            self._val_shard(),
-            num_classes=self.cfg.model.num_classes,
-            mode=e.mode,
-            crop_size=tuple(e.crop_size),
-            stride=tuple(e.stride),
-            scales=tuple(e.scales),
-            flip=e.flip,
-            flip_pairs=self.label_set.flip_pairs,
-            device=self.device,
-            batch_size=e.batch_size,
-            progress=False,
-        ).all_reduce().compute(absent=e.absent)
+        return self.task.evaluate(
+            self.eval_model(), self.val_set, self.cfg, self.label_set, device=self.device,
+            results_dir=self.run_dir / "coco_results" if self.is_main else None,
+        )
 
     def fit(self, stop_at: int | None = None):
         """Train to ``cfg.train.iters``; returns the final validation metrics.
@@ -586,7 +515,7 @@ class Trainer:
                 if evaluate_now:
                     metrics = self.evaluate()
                     self._log({"iter": self.iteration, "split": "val", **metrics.to_dict()})
-                    score_name, score = _score(metrics)
+                    score_name, score = self.task.score(metrics)
                     if score > self.best_score:  # the same on every rank: the metrics are global
                         self.best_score = score
                         if self.is_main:
@@ -613,70 +542,6 @@ class Trainer:
         return metrics
 
 
-PARSING_LOSSES = ("ce", "ce2p", "jppnet", "ss_jppnet", "pgn")
-
-
-def build_parsing_criterion(cfg: Config) -> torch.nn.Module:
-    """The loss ``train.loss`` names for a parsing model (each reads its model's train-mode output dict):
-    ``ce2p`` SCHP's CE2P loss (Lovasz + CE, edge, consistency), ``jppnet`` JPPNet's parsing CE + pose L2,
-    ``ss_jppnet`` SS-JPPNet's structure-sensitive loss, ``pgn`` PGN's parsing + instance-edge loss."""
-    name, k = cfg.train.loss, cfg.model.num_classes
-    if name == "ce2p":
-        from seglab.losses import CE2PLoss
-
-        return CE2PLoss(k)
-    if name == "jppnet":
-        from seglab.pose import JPPNetLoss
-
-        return JPPNetLoss()
-    if name == "ss_jppnet":
-        from seglab.pose import SSJPPNetLoss
-
-        return SSJPPNetLoss()
-    if name == "pgn":
-        from seglab.models.parsing.pgn import PGNLoss
-
-        return PGNLoss()
-    raise ConfigError(f"train.loss: unknown loss {name!r}; expected one of: {', '.join(PARSING_LOSSES)}")
-
-
-def eval_data_config(data):
-    """The data section for validation: parsing extras (pose joints, person ids) are training targets only."""
-    import dataclasses
-
-    extras = {f: False for f in ("with_pose", "with_humans") if getattr(data, f, False)}
-    return dataclasses.replace(data, **extras) if extras else data
-
-
-def _score(metrics) -> tuple[str, float]:
-    """The number the best checkpoint is chosen by: mask AP for instance models, else mIoU."""
-    if hasattr(metrics, "segm_AP"):
-        return "segm_AP", float(metrics.segm_AP)
-    return "mIoU", float(metrics.mIoU)
-
-
-def _plain(value):
-    """A tv_tensors subclass as a plain tensor (models index and concatenate them freely)."""
-    return value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-
-
-def _top_k(value: float) -> float | int | None:
-    """``train.bootstrap_top_k`` as the loss takes it: None (off), a pixel count, or a fraction."""
-    if value < 0:
-        raise ConfigError(f"train.bootstrap_top_k must be >= 0, got {value}")
-    if value == 0:
-        return None
-    return int(value) if value >= 1 else float(value)
-
-
-def _to_float(v):
-    if isinstance(v, torch.Tensor):
-        return v.float()
-    if isinstance(v, (list, tuple)):
-        return [_to_float(x) for x in v]
-    return v
-
-
 def _progress_bar(enabled: bool):
     from rich.progress import (
         BarColumn,
@@ -699,27 +564,4 @@ def _progress_bar(enabled: bool):
     )
 
 
-def build_trainer(cfg: Config, *, resume: bool = False, progress: bool = False) -> Trainer:
-    """A :class:`Trainer` for ``cfg``, or SCHP's SelfCorrectionTrainer when ``self_correction.enabled``."""
-    sc = cfg.self_correction
-    if not sc.enabled:
-        return Trainer(cfg, resume=resume, progress=progress)
-    from seglab.methods.self_correction import SelfCorrectionOptions, SelfCorrectionTrainer
-
-    options = SelfCorrectionOptions(
-        cycle_start=sc.cycle_start, cycle_len=sc.cycle_len, bn_batches=sc.bn_batches, lambda_s=sc.lambda_s,
-        lambda_e=sc.lambda_e, lambda_c=sc.lambda_c,
-    )
-    return SelfCorrectionTrainer(cfg, options, resume=resume, progress=progress)
-
-
-def train(cfg: Config, *, resume: bool = False, progress: bool = False):
-    """Build the trainer for ``cfg`` (:func:`build_trainer`) and run it; returns the final validation metrics."""
-    trainer = build_trainer(cfg, resume=resume, progress=progress)
-    try:
-        return trainer.fit()
-    finally:
-        dist_utils.cleanup()
-
-
-__all__ = ["Trainer", "build_optimizer", "build_trainer", "lr_factor", "train"]
+__all__ = ["LOGGERS", "Trainer", "build_optimizer", "lr_factor", "resolve_train_precision"]

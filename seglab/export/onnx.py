@@ -276,28 +276,19 @@ def export_weights(
     The model, its options and the label set come from ``config`` when given, else from the metadata seglab
     stores in its weights files; ``model_name`` overrides the name. What the CLI's ``seglab export`` runs.
     """
-    from seglab.checkpoint import load_weights, read_metadata
-    from seglab.registry import create_model
+    from seglab.checkpoint import read_metadata
+    from seglab.pretrained import load_model, model_spec
 
     meta = read_metadata(weights)
-    kwargs: dict[str, Any]
+    cfg = None
     if config is not None:
         from seglab.config import load_config
+        from seglab.data import label_set_for
 
         cfg = load_config(config)
-        name, label_set = model_name or cfg.model.name, cfg.data.palette
-        kwargs = {"num_classes": cfg.model.num_classes, **cfg.model.kwargs}
-    else:
-        name = model_name or meta.get("model")
-        if not name:
-            raise CheckpointError(f"{weights}: the weights name no model (metadata 'model'); pass a config or "
-                                  "a model name")
-        label_set = meta.get("label_set")
-        kwargs = dict(meta.get("model_kwargs") or {}) if name == meta.get("model") else {}
-        if meta.get("num_classes"):
-            kwargs["num_classes"] = int(meta["num_classes"])
-    model = create_model(name, **kwargs)
-    load_weights(model, weights)
+    label_set = label_set_for(cfg.data).name if cfg is not None else meta.get("label_set")
+    name, kwargs = model_spec(weights, name=model_name, config=cfg)
+    model = load_model(weights, name=model_name, config=cfg)
     extra = {"model": name, "label_set": label_set, "model_kwargs": kwargs}
     if meta.get("classes"):
         extra["classes"] = meta["classes"]

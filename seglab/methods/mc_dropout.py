@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from seglab.engine.inference import forward_logits
+from seglab.engine.forward import forward_logits
 
 __all__ = ["DROPOUT_TYPES", "enable_mc_dropout", "mc_predict"]
 

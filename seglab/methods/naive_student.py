@@ -32,7 +32,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -41,6 +41,9 @@ from seglab.config import Config
 from seglab.data.palettes import LabelSet, get_label_set
 from seglab.errors import ConfigError, DatasetError
 from seglab.utils import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from seglab.engine.inference import InferenceOptions
 
 log = logging.getLogger(__name__)
 
@@ -97,32 +100,27 @@ def pseudo_label(
     out_dir: str | Path,
     *,
     label_set: LabelSet | str,
-    scales: Sequence[float] = PAPER_SCALES,
-    flip: bool = True,
+    options: InferenceOptions | None = None,
     threshold: float = 0.7,
-    mode: str = "whole",
-    crop_size: tuple[int, int] = (512, 512),
-    stride: tuple[int, int] = (341, 341),
-    flip_pairs: Sequence[tuple[int, int]] | None = None,
     device: str | None = None,
+    **option_keywords: Any,
 ) -> PseudoLabelStats:
     """Label ``images`` with ``model`` and TTA; write ``out_dir/images/<stem>.<ext>`` and ``out_dir/masks/<stem>.png``.
 
-    Labels are the argmax of the probabilities averaged over ``scales`` x (plain, flipped); a pixel whose
-    averaged max probability is below ``threshold`` is 255 (ignore). ``flip_pairs`` defaults to the label
-    set's (left/right classes swap under the flip). The output is the layout FolderSegmentation reads.
+    Labels are the argmax of the probabilities averaged over the scales x (plain, flipped) of ``options``
+    (default: the paper's scales 0.5 ... 1.75 and flip, with the label set's flip pairs; keywords such as
+    ``scales=(1.0,)`` or ``flip=False`` change them); a pixel whose averaged max probability is below
+    ``threshold`` is 255 (ignore). The output is the layout FolderSegmentation reads.
     """
     from seglab.data.io import read_image, write_label_png
-    from seglab.engine.inference import Predictor
+    from seglab.engine.inference import InferenceOptions, Predictor
 
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
     label_set = get_label_set(label_set) if isinstance(label_set, str) else label_set
-    pairs = label_set.flip_pairs if flip_pairs is None else flip_pairs
-    predictor = Predictor(
-        model, mode=mode, crop_size=crop_size, stride=stride, scales=scales, flip=flip, flip_pairs=pairs,
-        device=device,
-    )
+    if options is None:
+        options = InferenceOptions(scales=PAPER_SCALES, flip=True, flip_pairs=label_set.flip_pairs)
+    predictor = Predictor(model, options.replace(**option_keywords), device=device)
     out_dir = Path(out_dir)
     paths = list_images(images)
     class_pixels: np.ndarray | None = None
@@ -173,12 +171,12 @@ def _add_pairs(dataset: Any, dst: Path, prefix: str, label_set: LabelSet) -> int
 def build_student_data(cfg: Config, pseudo_dir: Path, out_dir: Path) -> int:
     """Write the student's folder dataset: ``out_dir/train`` = labelled + pseudo-labelled, ``out_dir/val`` = the
     config's val split. Returns the number of training images."""
-    from seglab.data import build_dataset
+    from seglab.data import build_dataset, label_set_for
     from seglab.data.datasets import FolderSegmentation
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    label_set = get_label_set(cfg.data.palette)
+    label_set = label_set_for(cfg.data)
     labelled = build_dataset(cfg.data, cfg.data.train_split, train=False)
     val = build_dataset(cfg.data, cfg.data.val_split, train=False)
     n = _add_pairs(labelled, out_dir / "train", "labelled_", label_set)
@@ -219,24 +217,27 @@ def naive_student(
     returns the rounds, teacher first.
     """
     from seglab.checkpoint import load_weights
+    from seglab.data import label_set_for
+    from seglab.engine.inference import InferenceOptions
     from seglab.engine.trainer import Trainer
 
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"naive_student: rounds must be a positive integer, got {rounds!r}")
-    if cfg.data.dataset not in ("voc", "demo", "folder"):
+    if cfg.data.dataset not in ("voc", "demo", "folder"):  # the layouts build_student_data copies from
         raise ConfigError(f"data.dataset: naive_student needs a semantic dataset (voc, demo, folder), got "
                           f"{cfg.data.dataset!r}")
     work_dir = Path(work_dir)
     images = list_images(unlabelled)
     record = work_dir / "naive_student.json"
     settings = {"unlabelled": str(unlabelled), "threshold": threshold, "scales": list(scales), "flip": flip}
-    label_set = get_label_set(cfg.data.palette)
+    label_set = label_set_for(cfg.data)
 
     teacher_cfg = copy.deepcopy(cfg)
     teacher_cfg.name, teacher_cfg.output_dir = "round0_teacher", str(work_dir)
     trainer = Trainer(teacher_cfg, progress=progress)
-    if trainer.task != "semantic":
-        raise ConfigError(f"model.name: naive_student trains semantic models; {cfg.model.name!r} is {trainer.task}")
+    if not trainer.task.pseudo_labels:
+        raise ConfigError(f"model.name: naive_student trains semantic models; {cfg.model.name!r} is a "
+                          f"{trainer.task.name} model")
     if teacher_weights is not None:
         load_weights(trainer.model, teacher_weights)
         metrics, weights = trainer.evaluate(), Path(teacher_weights)
@@ -254,11 +255,8 @@ def naive_student(
         pseudo_dir, data_dir = work_dir / f"round{r}_pseudo", work_dir / f"round{r}_data"
         if pseudo_dir.exists():
             shutil.rmtree(pseudo_dir)
-        e = cfg.eval
-        stats = pseudo_label(
-            teacher, images, pseudo_dir, label_set=label_set, scales=scales, flip=flip, threshold=threshold,
-            mode=e.mode, crop_size=tuple(e.crop_size), stride=tuple(e.stride),
-        )
+        options = InferenceOptions.from_config(cfg.eval, label_set.flip_pairs, scales=tuple(scales), flip=flip)
+        stats = pseudo_label(teacher, images, pseudo_dir, label_set=label_set, options=options, threshold=threshold)
         log.info("round %d: %d pseudo-labels, %.1f%% of pixels kept", r, stats.images, 100 * stats.labelled_fraction)
         train_images = build_student_data(cfg, pseudo_dir, data_dir)
         trainer = Trainer(_student_config(cfg, data_dir, work_dir, f"round{r}_student"), progress=progress)

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from seglab.checkpoint import load_weights, read_metadata, save_weights
 from seglab.config import Config
 from seglab.engine import distributed as dist_utils
-from seglab.engine.trainer import Trainer
+from seglab.engine.trainer import SeededSamples, Trainer
 from seglab.errors import CheckpointError, ConfigError
 from seglab.losses import CE2PLoss
 
@@ -189,12 +189,14 @@ class SelfCorrectionTrainer(Trainer):
     """
 
     def __init__(
-        self, cfg: Config, options: SelfCorrectionOptions, *, resume: bool = False, progress: bool = False
+        self, cfg: Config, options: SelfCorrectionOptions, *, resume: bool = False, progress: bool = False,
+        **objects: Any,
     ) -> None:
-        super().__init__(cfg, resume=False, progress=progress)  # resumed below, once the scheduler is replaced
-        if self.task == "instance":
-            raise ConfigError(f"model.name: self-correction trains parsing models; {cfg.model.name!r} is an instance "
-                              "model")
+        # objects: model / train_set / val_set given as objects, as the Trainer takes them
+        super().__init__(cfg, resume=False, progress=progress, **objects)  # resumed below, with SCHP's scheduler
+        if self.task.detection:
+            raise ConfigError(f"model.name: self-correction trains dense parsing models; {cfg.model.name!r} is a "
+                              f"{self.task.name} model (the detection contract)")
         if options.cycle_len < 1 or options.cycle_start < 1:
             raise ConfigError(f"self-correction cycle_start and cycle_len must be >= 1 iteration, got "
                               f"cycle_start={options.cycle_start}, cycle_len={options.cycle_len}")
@@ -232,11 +234,9 @@ class SelfCorrectionTrainer(Trainer):
     def _bn_loader(self) -> DataLoader:
         """Training batches for BN re-estimation: a shuffled order drawn from (seed, cycle), each sample augmented
         with its own seeded RNG (as the training loop reads them), so a resumed run re-estimates identically."""
-        from seglab.engine.trainer import _SeededSamples
-
         seed = self.cfg.train.seed
         return DataLoader(
-            _SeededSamples(self.train_set, seed, _BN_EPOCH + self.cycle_n),  # apart from training epochs
+            SeededSamples(self.train_set, seed, _BN_EPOCH + self.cycle_n),  # apart from training epochs
             batch_size=self.local_batch_size,
             shuffle=True,
             drop_last=True,
@@ -277,21 +277,13 @@ class SelfCorrectionTrainer(Trainer):
         )
 
     # -- training ----------------------------------------------------------------------------------
-    def _forward_loss(self, images, targets) -> tuple[Tensor, dict[str, float]]:
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
-        images = images.to(self.device, non_blocking=True)
-        if isinstance(targets, dict):
-            targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
-        else:
-            targets = targets.to(self.device, non_blocking=True)
-        if self.cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            outputs = self.train_model(images)
+    def compute_loss(self, inputs: Tensor, targets: Any) -> tuple[Tensor, dict[str, float]]:
+        """The CE2P loss of the training forward pass, with the SCHP model's soft targets from cycle 1 on."""
+        with self.autocast():
+            outputs = self.train_model(inputs)
             soft_parsing = soft_edge = None
             if self.cycle_n >= 1:
-                soft_parsing, soft_edge = soft_targets(self.schp_model, images)
+                soft_parsing, soft_edge = soft_targets(self.schp_model, inputs)
         if not isinstance(outputs, dict):
             raise ConfigError(f"model.name: {self.cfg.model.name!r} returns a {type(outputs).__name__} in train mode; "
                               "self-correction needs the CE2P dict {'out', 'aux', 'edge'}")
@@ -311,21 +303,11 @@ class SelfCorrectionTrainer(Trainer):
         return self.schp_model if self.cycle_n >= 1 else self.model
 
 
-def self_correction(cfg: Config, options: SelfCorrectionOptions, *, resume: bool = False, progress: bool = False):
-    """Train ``cfg.model`` with SCHP's self-correction; returns the final (SCHP model's) validation metrics."""
-    trainer = SelfCorrectionTrainer(cfg, options, resume=resume, progress=progress)
-    try:
-        return trainer.fit()
-    finally:
-        dist_utils.cleanup()
-
-
 __all__ = [
     "SelfCorrectionOptions",
     "SelfCorrectionTrainer",
     "aggregate_",
     "reestimate_bn",
     "schp_lr_factor",
-    "self_correction",
     "soft_targets",
 ]

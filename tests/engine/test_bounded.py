@@ -111,7 +111,7 @@ def test_dead_worker_fails_the_run_cleanly(tmp_path, monkeypatch):
     cfg = config_from_dict({
         "name": "dying",
         "output_dir": str(tmp_path),
-        "model": {"name": "unet", "num_classes": 3, "kwargs": {"base_width": 4}},
+        "model": {"name": "unet", "num_classes": 5, "kwargs": {"base_width": 4}},
         "data": {"dataset": "demo", "palette": "demo_shapes", "batch_size": 2, "workers": 2},
         "optim": {"name": "sgd", "lr": 0.01},
         "train": {"iters": 4, "eval_interval": 0, "checkpoint_interval": 1, "log_interval": 1, "seed": 0,

@@ -13,10 +13,10 @@ from seglab.checkpoint import load_weights, save_weights
 from seglab.data.datasets.demo import render_scene
 from seglab.data.io import read_image
 from seglab.data.transforms import normalize_image
-from seglab.engine import fast
+from seglab.engine import precision
 from seglab.engine.fast import FastModule, count_batchnorm, fold_batchnorm, prepare_fast
 from seglab.engine.inference import Predictor
-from seglab.registry import create_model
+from seglab.models import create_model
 
 UNET_KWARGS = {"base_width": 8, "depth": 2, "batch_norm": True}
 
@@ -160,12 +160,12 @@ def test_channels_last_output_equals_contiguous():
 
 
 def test_bf16_falls_back_to_fp32_with_a_warning(monkeypatch, caplog):
-    monkeypatch.setattr(fast, "bf16_supported", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="seglab.engine.fast"):
-        assert fast.resolve_precision("bf16", "cpu") == "fp32"
+    monkeypatch.setattr(precision, "bf16_supported", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="seglab.engine.precision"):
+        assert precision.resolve_precision("bf16", "cpu") == "fp32"
     assert "does not support bf16" in caplog.text
     with pytest.raises(ValueError, match="precision must be one of"):
-        fast.resolve_precision("fp16")
+        precision.resolve_precision("fp16")
     with pytest.raises(ValueError, match="backend must be one of"):
         Predictor(nn.Conv2d(3, 2, 1), backend="tensorrt")
 

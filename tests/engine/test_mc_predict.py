@@ -10,7 +10,7 @@ from seglab.checkpoint import save_weights
 from seglab.data.transforms import normalize_image
 from seglab.engine.inference import Predictor
 from seglab.methods.mc_dropout import mc_predict
-from seglab.registry import create_model
+from seglab.models import create_model
 
 
 class TinyDropoutNet(nn.Module):

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from seglab.config import config_from_dict
-from seglab.engine.trainer import Trainer, resolve_precision
+from seglab.engine.trainer import Trainer
+from seglab.engine.trainer import resolve_train_precision as resolve_precision
 from seglab.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ from seglab.data.datasets.demo import generate_demo_data
 from seglab.data.io import read_label
 from seglab.data.palettes import LabelSet, get_label_set
 from seglab.methods.naive_student import make_semi_supervised_split, naive_student, pseudo_label
-from seglab.registry import create_model
+from seglab.models import create_model
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_demo_config_is_the_demo_recipe_on_the_labelled_split():
     from pathlib import Path
 
     from seglab.config import load_config
-    from seglab.demo import demo_config
+    from seglab.demos.semantic import demo_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs/naive_student/unet_demo_shapes.yaml")
     demo = demo_config()

@@ -157,7 +157,8 @@ def _config(demo_root, out, iters=18):
 
 @pytest.fixture
 def tiny_ce2p(monkeypatch):
-    registry._ensure_loaded()
+    import seglab.models  # noqa: F401  (every model registered before one is added)
+
     info = registry.ModelInfo(name="tiny_ce2p_test", task="semantic", paper="test", year=2020, input_size=(64, 64),
                               factory=TinyCE2P)
     monkeypatch.setitem(registry._REGISTRY, "tiny_ce2p_test", info)

@@ -12,7 +12,7 @@ import seglab
 from seglab.cli import main
 from seglab.config import config_from_dict
 from seglab.data.datasets.demo_people import generate_demo_people
-from seglab.engine.trainer import build_trainer
+from seglab.jobs import build_trainer
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Train the real-time models (ENet, BiSeNet V2, LR-ASPP) on the demo shapes and record their val mIoU.
 
-``python scripts/realtime_demo.py`` runs each model with the demo's recipe (seglab/demo.py: AdamW,
+``python scripts/realtime_demo.py`` runs each model with the demo's recipe (seglab/demos/semantic.py: AdamW,
 poly schedule, 128x128 crops, batch 8) from scratch, without pretrained weights, and writes
 docs/realtime_demo.json, which scripts/gen_model_docs.py folds into docs/models.md. The slow test
 tests/test_realtime_demo.py runs the same function with fewer iterations.
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 REALTIME_MODELS = ("enet", "bisenetv2", "lraspp_mobilenet_v3_large")
-RESULTS_FILE = Path(__file__).resolve().parents[1] / "docs" / "realtime_demo.json"
 
 
 # BiSeNet V2's four booster heads, each weighted 1 as in the paper's training recipe.
@@ -26,7 +25,7 @@ def train_on_demo(
 ) -> dict[str, Any]:
     """Train model ``name`` on the demo shapes with the demo recipe; returns mIoU, iterations and time."""
     from seglab.data.datasets.demo import ensure_demo_data
-    from seglab.demo import demo_config
+    from seglab.demos.semantic import demo_config
     from seglab.engine.trainer import Trainer
 
     cfg = demo_config(
@@ -42,8 +41,8 @@ def train_on_demo(
             "train_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def results_markdown(path: Path = RESULTS_FILE) -> str:
-    """The section of docs/models.md with the recorded results (empty if none were recorded)."""
+def results_markdown(path: Path) -> str:
+    """The section of docs/models.md with the results recorded in ``path`` (empty if none were recorded)."""
     if not path.is_file():
         return ""
     data = json.loads(path.read_text())

@@ -50,17 +50,15 @@ def demo_config(overrides: list[str] | None = None) -> Config:
 
 
 def write_val_predictions(predictor: Any, trainer: Any, out_dir: Path, num_images: int) -> None:
-    """For the first ``num_images`` val images: the predicted label PNG (the label set's palette) and an overlay."""
+    """For the first ``num_images`` val images: what ``seglab predict`` writes (label PNG, overlay, legend)."""
     import numpy as np
 
-    from seglab.data.io import read_image, write_label_png
-    from seglab.visualize import save_overlay
+    from seglab.data.io import read_image
+    from seglab.visualize import save_prediction
 
     for image_path in trainer.val_set.image_paths[:num_images]:
         image = np.asarray(read_image(image_path))
-        label = predictor(image)
-        save_overlay(out_dir / f"{image_path.stem}_overlay.png", image, label, trainer.label_set.colors)
-        write_label_png(out_dir / f"{image_path.stem}.png", label.astype(np.uint8), trainer.label_set)
+        save_prediction(out_dir, image_path.stem, image, predictor(image), trainer.label_set)
 
 
 def run_demo(overrides: list[str] | None = None, *, num_overlays: int = 8, console=None) -> dict[str, Any]:

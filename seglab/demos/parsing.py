@@ -21,8 +21,6 @@ from typing import Any
 
 from seglab.config import Config
 
-RESULTS_FILE = Path(__file__).resolve().parents[1] / "docs" / "parsing_demo.json"
-
 PARSING_DEMO_CONFIG: dict[str, Any] = {
     "name": "demo_parsing",
     "output_dir": "runs",
@@ -50,7 +48,7 @@ PARSING_DEMO_CONFIG: dict[str, Any] = {
 
 def parsing_demo_config(overrides: list[str] | None = None) -> Config:
     """The parsing demo's config, with ``key.sub=value`` overrides applied."""
-    from seglab.demo import config_with_overrides
+    from seglab.demos.semantic import config_with_overrides
 
     return config_with_overrides(PARSING_DEMO_CONFIG, overrides, "seglab demo --task parsing")
 
@@ -60,10 +58,10 @@ def run_parsing_demo(overrides: list[str] | None = None, *, num_overlays: int = 
     from rich.console import Console
 
     from seglab.data.datasets.demo_people import ensure_demo_people
-    from seglab.demo import write_val_predictions
+    from seglab.demos.semantic import write_val_predictions
     from seglab.engine.evaluator import metrics_to_text
     from seglab.engine.inference import Predictor
-    from seglab.engine.trainer import build_trainer
+    from seglab.jobs import build_trainer
     from seglab.visualize import save_legend
 
     console = console or Console()
@@ -111,8 +109,8 @@ def run_parsing_demo(overrides: list[str] | None = None, *, num_overlays: int = 
     return summary
 
 
-def results_markdown(path: Path = RESULTS_FILE) -> str:
-    """The section of docs/models.md with the recorded parsing demo (empty if none was recorded)."""
+def results_markdown(path: Path) -> str:
+    """The section of docs/models.md with the parsing demo recorded in ``path`` (empty if none was recorded)."""
     if not path.is_file():
         return ""
     data = json.loads(path.read_text())
