@@ -12,7 +12,7 @@ from seglab.data.datasets.demo_people import ensure_demo_people, generate_demo_p
 from seglab.data.datasets.folder import FolderSegmentation
 from seglab.data.datasets.lip import LIPDataset
 from seglab.data.datasets.voc import PairedSegmentationDataset, VOCSegmentation
-from seglab.data.registry import datasets_markdown, get_dataset, list_datasets, list_layouts
+from seglab.data.registry import datasets_markdown, get_dataset, list_datasets, list_layouts, with_datasets_table
 
 __all__ = [
     "CIHPDataset",
@@ -31,4 +31,5 @@ __all__ = [
     "get_dataset",
     "list_datasets",
     "list_layouts",
+    "with_datasets_table",
 ]

@@ -386,7 +386,8 @@ register_dataset(
     label_set="demo_shapes",
     layouts=(VOC, COCO),
     build=_build,
-    summary="synthetic shapes, generated into `$SEGLAB_CACHE/demo_shapes` when `data.root` is empty",
+    summary="synthetic shapes; `data.root` empty: `demo_shapes/` in the cache folder (`$SEGLAB_CACHE`, else "
+    "`~/.cache/seglab`), generated if needed",
     check_root=lambda cfg: Path(cfg.root) if cfg.root else default_demo_root(),
 )
 

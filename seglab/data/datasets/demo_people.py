@@ -625,7 +625,7 @@ register_dataset(
     label_set="lip",
     layouts=(LIP,),
     build=partial(lip_dataset, label_set="lip", root=partial(demo_people_part, part="LIP")),
-    summary="synthetic people with pose in the LIP layout, generated into `$SEGLAB_CACHE/demo_people/LIP`",
+    summary="synthetic people with pose; `data.root` empty: the cache folder's `demo_people/LIP`, generated if needed",
     check_root=partial(demo_people_part, part="LIP", generate=False),
 )
 register_dataset(
@@ -634,7 +634,8 @@ register_dataset(
     label_set="cihp",
     layouts=(CIHP,),
     build=partial(cihp_dataset, root=partial(demo_people_part, part="CIHP")),
-    summary="synthetic groups of 1-3 people in the CIHP layout, generated into `$SEGLAB_CACHE/demo_people/CIHP`",
+    summary="synthetic groups of 1-3 people; `data.root` empty: the cache folder's `demo_people/CIHP`, generated if "
+    "needed",
     check_root=partial(demo_people_part, part="CIHP", generate=False),
 )
 
