@@ -168,15 +168,18 @@ def config_label_set(cfg: DataConfig, default: str) -> LabelSet:
         raise ConfigError(f"data.palette: {exc.args[0]}") from None
 
 
-def report_unpaired(folders: Mapping[Path, str], listed: set[str], add: AddProblem) -> None:
-    """Warn (``unpaired``) about files in ``folders`` (folder -> file suffix) that are in no split list and lack
+def report_unpaired(folders: Mapping[Path, tuple[str, ...]], listed: set[str], add: AddProblem) -> None:
+    """Warn (``unpaired``) about files in ``folders`` (folder -> file suffixes) that are in no split list and lack
     their partners in the other folders: loaders never read them, so they are not errors."""
-    stems = {folder: {p.stem for p in folder.glob(f"*{suffix}")} for folder, suffix in folders.items()}
-    everywhere = set.intersection(*stems.values())
-    for folder, suffix in folders.items():
-        for stem in sorted(stems[folder] - everywhere - listed):
-            lacking = ", ".join(f.name for f in folders if stem not in stems[f])
-            add("unpaired", str(folder / f"{stem}{suffix}"), f"in no split list and missing from {lacking}", False)
+    files = {
+        folder: {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in suffixes}
+        for folder, suffixes in folders.items()
+    }
+    everywhere = set.intersection(*(set(by_stem) for by_stem in files.values()))
+    for by_stem in files.values():
+        for stem in sorted(set(by_stem) - everywhere - listed):
+            lacking = ", ".join(other.name for other in folders if stem not in files[other])
+            add("unpaired", str(by_stem[stem]), f"in no split list and missing from {lacking}", False)
 
 
 # -- docs ---------------------------------------------------------------------------------------------------

@@ -82,8 +82,17 @@ def plant_cihp_faults(root):
     }
 
 
-def _as_str(planted):
-    return {kind: sorted(map(str, paths)) for kind, paths in planted.items()}
+def assert_reports_planted(root, planted, capsys):
+    """check_dataset reports exactly the planted errors; the CLI exits 1 and prints each kind and file."""
+    report = check_dataset(root, workers=2)
+    assert {kind: sorted(paths) for kind, paths in report.errors.items()} == {
+        kind: sorted(map(str, paths)) for kind, paths in planted.items()
+    }
+    assert main(["check-dataset", str(root), "--workers", "2"]) == 1
+    out = capsys.readouterr().out
+    for kind, paths in planted.items():
+        assert f"{kind} ({len(paths)})" in out and all(str(p) in out for p in paths)
+    return report, out
 
 
 def test_clean_lip_and_cihp_folders_pass(people, capsys):
@@ -101,15 +110,9 @@ def test_clean_lip_and_cihp_folders_pass(people, capsys):
 
 def test_lip_folder_faults_are_reported_with_kind_and_file(lip, capsys):
     planted = plant_lip_faults(lip)
-    report = check_dataset(lip, workers=2)
-    assert {kind: sorted(paths) for kind, paths in report.errors.items()} == _as_str(planted)
-    label_path = str(planted["label_out_of_range"][0])
-    assert "values [25] >= 20" in report.details[label_path]
+    report, _ = assert_reports_planted(lip, planted, capsys)
+    assert "values [25] >= 20" in report.details[str(planted["label_out_of_range"][0])]
     assert "64x60" in report.details[str(planted["size_mismatch"][0])]
-    assert main(["check-dataset", str(lip), "--workers", "2"]) == 1
-    out = capsys.readouterr().out
-    for kind, paths in planted.items():
-        assert f"{kind} ({len(paths)})" in out and all(str(p) in out for p in paths)
 
 
 def test_lip_folder_layout_problems_pose_csv_and_unlisted_files(lip):
@@ -136,15 +139,13 @@ def test_lip_folder_layout_problems_pose_csv_and_unlisted_files(lip):
 
 def test_cihp_folder_faults_are_reported_with_kind_and_file(cihp, capsys):
     planted = plant_cihp_faults(cihp)
-    report = check_dataset(cihp, workers=2)
-    assert {kind: sorted(paths) for kind, paths in report.errors.items()} == _as_str(planted)
-    where = str(planted["inconsistent_ids"][0])
-    assert "outside every person" in report.details[where]
+    extra = cihp / "instance-level_human_parsing" / "Validation" / "Images" / "extra.jpg"
+    Image.new("RGB", (64, 64)).save(extra)  # in no split list and without maps: a warning
+    report, out = assert_reports_planted(cihp, planted, capsys)
+    assert report.warnings == {"unpaired": [str(extra)]}
+    assert "missing from Category_ids, Instance_ids, Human_ids" in report.details[str(extra)]
+    assert "outside every person" in report.details[str(planted["inconsistent_ids"][0])]
     assert "64x32" in report.details[str(planted["size_mismatch"][0])]
-    assert main(["check-dataset", str(cihp)]) == 1
-    out = capsys.readouterr().out
-    for kind, paths in planted.items():
-        assert f"{kind} ({len(paths)})" in out and all(str(p) in out for p in paths)
     assert "inconsistent_ids (1): CIHP Category_ids, Instance_ids and Human_ids disagree" in out
 
 

@@ -256,7 +256,8 @@ def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[
                    (folder / "Instance_ids" / f"{i}.png", folder / "Human_ids" / f"{i}.png"))
             for i in ids
         ]  # fmt: skip
-        report_unpaired({folder / "Images": ".jpg", **{folder / name: ".png" for name in MAP_FOLDERS}}, set(ids), add)
+        folders = {folder / "Images": (".jpg",), **{folder / name: (".png",) for name in MAP_FOLDERS}}
+        report_unpaired(folders, set(ids), add)
     return found
 
 

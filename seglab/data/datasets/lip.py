@@ -251,7 +251,7 @@ def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[
             add("missing_split_list", str(paths["ids"]), str(exc))
             continue
         found[split] = [Sample(_image_path(paths["images"], i), paths["labels"] / f"{i}.png") for i in ids]
-        report_unpaired({paths["images"]: ".jpg", paths["labels"]: ".png"}, set(ids), add)
+        report_unpaired({paths["images"]: (".jpg", ".png"), paths["labels"]: (".png",)}, set(ids), add)
         if paths["pose"].is_file():
             try:
                 read_lip_pose_csv(paths["pose"])
