@@ -28,3 +28,4 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_model_docs.py
+	$(BIN)/python scripts/gen_dataset_docs.py

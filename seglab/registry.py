@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch-free at import: the dataset registry reads TASKS without loading torch
+    from torch import nn
 
+# the tasks a model or a dataset is registered for (seglab.tasks has one object per task, Parsing R-CNN's
+# detector-style parsing included)
 TASKS = ("semantic", "instance", "parsing")
 
 

@@ -5,34 +5,37 @@ scanner reads every listed file of every split up front (in parallel threads: PI
 the GIL while decoding) through the same readers as the loaders (:mod:`seglab.data.io`), and collects
 every problem instead of stopping: missing root or split list, missing or unpaired files, empty,
 truncated or corrupt files, decompression bombs, colour labels, label values >= the class count
-(other than 255), label/image size mismatches. COCO layouts are checked by
-:func:`seglab.data.datasets.coco.check_coco`. Label statistics (pixel share per class over non-ignore
-pixels, labels without any foreground class) are taken over the samples that have no problem.
+(other than 255), label/image size mismatches, and what each layout checks besides (COCO annotations by
+:func:`seglab.data.datasets.coco.check_coco`, CIHP's three id maps agreeing, LIP's pose CSV parsing). Label
+statistics (pixel share per class over non-ignore pixels, labels without any foreground class) are taken over
+the samples that have no problem.
 
-The target is a config YAML (its ``data`` section: dataset voc/folder/demo/coco, root, splits, palette)
-or a dataset folder whose layouts are detected: VOC (ImageSets/Segmentation, JPEGImages,
-SegmentationClass), folder (images/ and masks/, or <split>/images and <split>/masks), COCO
-(annotations/instances_*.json). A folder may hold several (the demo data is VOC and COCO).
+The layouts are those of the dataset registry (:mod:`seglab.data.registry`), the same one ``build_dataset``
+reads. The target is a config YAML (its ``data`` section: any registered dataset, root, splits, palette; the
+demo datasets are read from their cache folder when ``data.root`` is empty) or a dataset folder, in which every
+registered layout present is detected (a folder may hold several: the demo data is VOC and COCO).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from seglab.data.datasets import get_dataset, list_layouts
 from seglab.data.palettes import LabelSet, get_label_set
+from seglab.data.registry import Layout, Problem, Sample, config_label_set
 from seglab.errors import ConfigError, DatasetError
 
-# Problem kinds found by this module and by seglab.data.io (COCO kinds come from check_coco).
+# Problem kinds found by this module and by seglab.data.io; layouts add their own (Layout.problem_kinds), and the
+# COCO kinds come from check_coco.
 PROBLEM_KINDS: dict[str, str] = {
     "missing_root": "dataset root or layout folder not found",
     "missing_split_list": "split list not found, not text, or empty",
     "missing_file": "listed image or label file not found",
-    "unpaired": "image without a mask or mask without an image",
+    "unpaired": "image without a label or label without an image",
     "empty_file": "file is empty (0 bytes)",
     "corrupt_image": "truncated or corrupt file that cannot be decoded",
     "decompression_bomb": "image larger than seglab.data.io.MAX_IMAGE_PIXELS",
@@ -87,7 +90,7 @@ class DatasetReport:
             lines.append(f"{title}: {sum(len(v) for v in problems.values())} in {len(problems)} kinds")
             for kind in sorted(problems):
                 paths = problems[kind]
-                meaning = PROBLEM_KINDS.get(kind, "")
+                meaning = _meaning(kind)
                 lines.append(f"  {kind} ({len(paths)}){': ' + meaning if meaning else ''}")
                 for where in paths[:max_examples]:
                     detail = self.details.get(where, "")
@@ -104,25 +107,27 @@ class DatasetReport:
         return "\n".join(lines)
 
 
-@dataclass
-class _Sample:
-    image: Path
-    label: Path
+def _meaning(kind: str) -> str:
+    """What problem ``kind`` means, from :data:`PROBLEM_KINDS` or the layout that reports it."""
+    if kind in PROBLEM_KINDS:
+        return PROBLEM_KINDS[kind]
+    return next((layout.problem_kinds[kind] for layout in list_layouts() if kind in layout.problem_kinds), "")
 
 
 @dataclass
 class _SampleResult:
-    problems: list[tuple[str, str, str]]  # (kind, path, message)
+    problems: list[Problem]
     histogram: np.ndarray | None = None  # 256 bins of label values, when the sample is clean
     label: str = ""
 
 
-def _check_sample(sample: _Sample, num_classes: int) -> _SampleResult:
-    """Read one image/label pair as the loaders do and list its problems (never raises DatasetError)."""
+def _check_sample(sample: Sample, layout: Layout, num_classes: int) -> _SampleResult:
+    """Read one image/label pair as the loaders do, then the layout's own checks; list its problems (never raises
+    DatasetError)."""
     from seglab.data.datasets.voc import read_sbd_label
     from seglab.data.io import image_to_rgb, label_to_array, open_image_file
 
-    problems: list[tuple[str, str, str]] = []
+    problems: list[Problem] = []
     size = None
     try:
         img = open_image_file(sample.image, "image")
@@ -148,128 +153,42 @@ def _check_sample(sample: _Sample, num_classes: int) -> _SampleResult:
     bad = np.unique(label[(label >= num_classes) & (label != 255)])
     if bad.size:
         problems.append(("label_out_of_range", str(sample.label), f"values {bad.tolist()[:10]} >= {num_classes}"))
+    if layout.check_sample is not None:
+        problems += layout.check_sample(sample, label)
     if any(kind not in WARNING_KINDS for kind, _, _ in problems):
         return _SampleResult(problems)
     return _SampleResult(problems, np.bincount(label.ravel(), minlength=256), str(sample.label))
 
 
-# -- layouts: each yields samples and adds layout-level problems to the report -----------------------------
-
-
-def _voc_samples(root: Path, splits: list[str] | None, report: DatasetReport) -> Iterator[_Sample]:
-    from seglab.data.datasets.voc import VOC_LAYOUT, read_id_list
-
-    lists = root / "ImageSets" / "Segmentation"
-    if splits is None:
-        splits = sorted(p.stem for p in lists.glob("*.txt"))
-    for split in splits:
-        report.splits.append(split)
-        try:
-            ids = read_id_list(lists / f"{split}.txt", VOC_LAYOUT)
-        except DatasetError as exc:
-            report.add("missing_split_list", str(lists / f"{split}.txt"), str(exc))
-            continue
-        for i in ids:
-            yield _Sample(root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png")
-
-
-def _folder_pairs(root: Path, report: DatasetReport) -> dict[str, _Sample]:
-    from seglab.data.datasets.folder import IMAGE_SUFFIXES
-
-    images = {p.stem: p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in sorted((root / "masks").glob("*.png"))}
-    for stem in sorted(set(images) - set(masks)):
-        report.add("unpaired", str(images[stem]), f"no mask {root / 'masks' / (stem + '.png')}")
-    for stem in sorted(set(masks) - set(images)):
-        report.add("unpaired", str(masks[stem]), f"no image {stem}.* in {root / 'images'}")
-    return {s: _Sample(images[s], masks[s]) for s in sorted(set(images) & set(masks))}
-
-
-def _folder_samples(root: Path, splits: list[str] | None, report: DatasetReport) -> Iterator[_Sample]:
-    from seglab.data.datasets.folder import FOLDER_LAYOUT
-    from seglab.data.datasets.voc import read_id_list
-
-    if splits is None:  # detected: root/images, root/<split>/images, root/<split>.txt
-        splits = [p.name for p in sorted(root.iterdir()) if (p / "images").is_dir()]
-        splits += [p.stem for p in sorted(root.glob("*.txt"))]
-        if (root / "images").is_dir() and not splits:
-            splits = [""]
-    for split in splits:
-        report.splits.append(split or "(all)")
-        if split and (root / split / "images").is_dir():
-            base = root / split
-        else:
-            base = root
-        for folder in (base / "images", base / "masks"):
-            if not folder.is_dir():
-                report.add("missing_root", str(folder), f"folder not found; {FOLDER_LAYOUT}")
-        if not (base / "images").is_dir() or not (base / "masks").is_dir():
-            continue
-        pairs = _folder_pairs(base, report)
-        if base == root and split and (root / f"{split}.txt").is_file():
-            try:
-                stems = read_id_list(root / f"{split}.txt", FOLDER_LAYOUT)
-            except DatasetError as exc:
-                report.add("missing_split_list", str(root / f"{split}.txt"), str(exc))
-                continue
-            for stem in stems:
-                if stem in pairs:
-                    yield pairs[stem]
-                else:
-                    report.add("missing_file", f"{root / 'images' / stem}.*", f"listed in {split}.txt")
-        else:
-            yield from pairs.values()
-
-
-def _coco_problems(root: Path, splits: list[str] | None, report: DatasetReport) -> None:
-    from seglab.data.datasets.coco import check_coco, coco_layout
-
-    if splits is None:
-        splits = sorted(p.stem.removeprefix("instances_") for p in (root / "annotations").glob("instances_*.json"))
-    for split in splits:
-        report.splits.append(f"coco:{split}")
-        try:
-            ann_file, image_dir = coco_layout(root, split)
-        except DatasetError as exc:
-            report.add("missing_split_list", str(root / "annotations" / f"instances_{split}.json"), str(exc))
-            continue
-        for kind, where, detail, is_error in check_coco(ann_file, image_dir):
-            report.add(kind, where, detail, is_error)
+def _detect(root: Path) -> list[Layout]:
+    return [layout for layout in list_layouts() if layout.detect(root)]
 
 
 def detect_layouts(root: Path) -> list[str]:
-    """The layouts present in folder ``root``: any of voc, folder, coco."""
-    layouts = []
-    if (root / "ImageSets" / "Segmentation").is_dir() or (root / "JPEGImages").is_dir():
-        layouts.append("voc")
-    if (root / "images").is_dir() or any((p / "images").is_dir() for p in root.iterdir() if p.is_dir()):
-        layouts.append("folder")
-    if any((root / "annotations").glob("instances_*.json")):
-        layouts.append("coco")
-    return layouts
+    """The names of the registered layouts present in folder ``root`` (voc, folder, coco, lip, cihp), in
+    registration order."""
+    return [layout.name for layout in _detect(root)]
 
 
-def _plan(target: Path, label_set: str | None) -> tuple[Path, list[tuple[str, list[str] | None]], str]:
-    """(root, [(layout, splits or None to detect)], label set name) for a config file or a folder."""
+def _plan(target: Path, label_set: str | None) -> tuple[Path, list[tuple[Layout, list[str] | None]], str | None]:
+    """(root, [(layout, splits or None to detect)], label set name or None to take the layout's) for a config file
+    or a folder."""
     if target.suffix in _YAML_SUFFIXES and target.is_file():
         from seglab.config import load_config
 
         data = load_config(target).data
+        try:
+            info = get_dataset(data.dataset)
+            root = info.check_root(data)
+            if label_set is None:
+                label_set = config_label_set(data, info.label_set).name
+        except ConfigError as exc:
+            raise ConfigError(f"{target}: {exc}") from None
         splits = list(dict.fromkeys([data.train_split, data.val_split]))
-        if data.dataset == "demo":
-            from seglab.data.datasets.demo import default_demo_root
-
-            root = Path(data.root) if data.root else default_demo_root()
-            return root, [("voc", splits)], label_set or data.palette
-        if data.dataset not in ("voc", "folder", "coco"):
-            raise ConfigError(f"{target}: data.dataset {data.dataset!r} cannot be checked; expected voc, folder, "
-                              "demo or coco")
-        if not data.root:
-            raise ConfigError(f"{target}: data.root is empty; expected the dataset folder")
-        return Path(data.root), [(data.dataset, splits)], label_set or data.palette
+        return root, [(layout, splits) for layout in info.layouts], label_set
     if target.is_file():
         raise ConfigError(f"{target}: expected a config file ({', '.join(_YAML_SUFFIXES)}) or a dataset folder")
-    return target, [], label_set or "voc"
+    return target, [], label_set
 
 
 def check_dataset(
@@ -284,6 +203,10 @@ def check_dataset(
         raise ConfigError(f"check-dataset: workers must be >= 1, got {workers}")
     target = Path(target)
     root, plan, set_name = _plan(target, label_set)
+    if root.is_dir() and not plan:
+        plan = [(layout, None) for layout in _detect(root)]
+    if set_name is None:
+        set_name = plan[0][0].label_set if plan else "voc"
     try:
         labels: LabelSet = get_label_set(set_name)
     except KeyError as exc:
@@ -293,29 +216,28 @@ def check_dataset(
         report.add("missing_root", str(root), "dataset root folder not found")
         return report
     if not plan:
-        plan = [(layout, None) for layout in detect_layouts(root)]
-        if not plan:
-            report.add("missing_root", str(root), "no VOC, folder or COCO layout found in this folder")
-            return report
-    samples: dict[tuple[Path, Path], _Sample] = {}
+        names = ", ".join(layout.name for layout in list_layouts())
+        report.add("missing_root", str(root), f"no registered layout ({names}) found in this folder")
+        return report
+    samples: dict[tuple[Path, Path], tuple[Sample, Layout]] = {}
     for layout, splits in plan:
-        report.layouts.append(layout)
-        if layout == "coco":
-            _coco_problems(root, splits, report)
-            continue
-        found = _voc_samples(root, splits, report) if layout == "voc" else _folder_samples(root, splits, report)
-        for sample in found:
-            samples.setdefault((sample.image, sample.label), sample)
+        report.layouts.append(layout.name)
+        for split, found in layout.scan(root, splits, report.add).items():
+            report.splits.append(split)
+            for sample in found:
+                samples.setdefault((sample.image, sample.label), (sample, layout))
     report.counts["samples"] = len(samples)
     _scan(list(samples.values()), labels, report, workers, progress)
     return report
 
 
-def _scan(samples: list[_Sample], labels: LabelSet, report: DatasetReport, workers: int, progress: bool) -> None:
+def _scan(
+    samples: list[tuple[Sample, Layout]], labels: LabelSet, report: DatasetReport, workers: int, progress: bool
+) -> None:
     histogram = np.zeros(256, np.int64)
     seen: set[tuple[str, str]] = set()  # (kind, path): a file shared by two samples is reported once
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda s: _check_sample(s, labels.num_classes), samples)
+        results = pool.map(lambda s: _check_sample(*s, labels.num_classes), samples)
         if progress:
             from rich.progress import track
 

@@ -41,8 +41,11 @@ import torch.nn.functional as nnf
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from seglab.data.palettes import LIP_FLIP_PAIRS, LIP_JOINT_FLIP_PAIRS
+from seglab.config import DataConfig
+from seglab.data.palettes import LIP_FLIP_PAIRS, LIP_JOINT_FLIP_PAIRS, LabelSet
+from seglab.errors import ConfigError
 
+AUGMENTS = ("crop", "person_affine")  # the values of data.augment
 IGNORE_INDEX = 255
 MISSING_JOINT = (-1.0, -1.0, -1.0)
 
@@ -283,11 +286,51 @@ class InstanceFlipWithSwap:
         return F.horizontal_flip(image), target
 
 
+def build_parsing_transform(
+    cfg: DataConfig, label_set: LabelSet, train: bool
+) -> PersonAffine | PairStepsTransform | None:
+    """The training transform of a human-parsing dataset (None for evaluation: the original image, no warp, as
+    the Predictor runs at any size).
+
+    ``data.augment`` "crop" is the scale/crop/flip pipeline of :func:`~seglab.data.transforms.build_transforms`
+    (its flip swaps ``data.label_swap``, or ``label_set``'s flip pairs when that is empty); "person_affine" is
+    SCHP's :class:`PersonAffine` to ``data.crop_size``. Joints (``with_pose``) and person ids (``with_humans``)
+    are moved by person_affine only.
+    """
+    import dataclasses
+
+    from seglab.data.transforms import build_transforms
+
+    if cfg.augment not in AUGMENTS:
+        raise ConfigError(f"data.augment: unknown augmentation {cfg.augment!r}; expected one of: {', '.join(AUGMENTS)}")
+    if not train:
+        return None
+    if cfg.augment == "person_affine":
+        if len(cfg.crop_size) != 2 or min(cfg.crop_size) < 2:
+            raise ConfigError(f"data.crop_size: expected [H, W] with both >= 2, got {cfg.crop_size}")
+        if not 0 <= cfg.scale_factor < 1:
+            raise ConfigError(f"data.scale_factor: expected a value in [0, 1), got {cfg.scale_factor}")
+        if not 0 <= cfg.rotation_p <= 1:
+            raise ConfigError(f"data.rotation_p: expected a probability in [0, 1], got {cfg.rotation_p}")
+        flip_pairs = [tuple(p) for p in cfg.label_swap] or label_set.flip_pairs
+        return PersonAffine(cfg.crop_size, cfg.scale_factor, cfg.rotation, cfg.rotation_p,
+                            flip_p=0.5 if cfg.hflip else 0.0, flip_pairs=flip_pairs, train=True)
+    for key in ("with_pose", "with_humans"):
+        if getattr(cfg, key):
+            raise ConfigError(f"data.{key}: training with {key} needs data.augment: person_affine "
+                              "(the crop pipeline moves the label map only)")
+    if not cfg.label_swap and label_set.flip_pairs:
+        cfg = dataclasses.replace(cfg, label_swap=[list(p) for p in label_set.flip_pairs])
+    return PairStepsTransform(build_transforms(cfg, train=True).steps)
+
+
 __all__ = [
+    "AUGMENTS",
     "InstanceFlipWithSwap",
     "PairStepsTransform",
     "PersonAffine",
     "box_to_center_scale",
+    "build_parsing_transform",
     "get_affine_transform",
     "invert_affine",
     "swap_joints",

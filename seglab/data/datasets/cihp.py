@@ -1,14 +1,7 @@
 """CIHP (Crowd Instance-level Human Parsing): multi-person parsing with part and person instances.
 
 Gong, Liang, Li, Chen, Yang, Lin, "Instance-level Human Parsing via Part Grouping Network", ECCV 2018. The official
-layout, under ``root`` (or ``root`` being the ``instance-level_human_parsing`` folder itself)::
-
-    instance-level_human_parsing/Training/Images/<id>.jpg
-    instance-level_human_parsing/Training/Category_ids/<id>.png   part label per pixel, 0-19 (CIHP label set)
-    instance-level_human_parsing/Training/Instance_ids/<id>.png   part-instance id per pixel, 0 = none
-    instance-level_human_parsing/Training/Human_ids/<id>.png      person id per pixel, 1..N, 0 = background
-    instance-level_human_parsing/Training/train_id.txt
-    instance-level_human_parsing/Validation/...  with val_id.txt
+layout (:data:`TREE`) is read under ``root``, or ``root`` being the ``instance-level_human_parsing`` folder itself.
 
 The three maps are checked on read (numpy, a few unique() calls): a pixel of a person has a part label and a part
 instance, and every part instance lies inside exactly one person and one category; an inconsistent file raises
@@ -33,11 +26,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from seglab.config import DataConfig
 from seglab.data.datasets.lip import ParsingTransform, finish_item
 from seglab.data.datasets.voc import check_files_exist, read_id_list
 from seglab.data.io import read_image, read_label
-from seglab.data.palettes import get_label_set
-from seglab.errors import DatasetError
+from seglab.data.palettes import LIP_FLIP_PAIRS, get_label_set
+from seglab.data.registry import (
+    AddProblem,
+    Layout,
+    Problem,
+    Sample,
+    config_label_set,
+    config_root,
+    register_dataset,
+    register_layout,
+    report_unpaired,
+)
+from seglab.errors import ConfigError, DatasetError
 
 CIHP_FOLDER = "instance-level_human_parsing"
 SPLIT_FOLDERS = {"train": "Training", "val": "Validation"}
@@ -46,6 +51,15 @@ CIHP_LAYOUT = (
     "Instance_ids/<id>.png, Human_ids/<id>.png} with Training/train_id.txt, Validation/val_id.txt"
 )
 MAP_FOLDERS = ("Category_ids", "Instance_ids", "Human_ids")
+TREE = f"""
+CIHP/{CIHP_FOLDER}/
+  Training/Images/<id>.jpg
+  Training/Category_ids/<id>.png     part label per pixel, 0-19 (CIHP label set)
+  Training/Instance_ids/<id>.png     part-instance id per pixel, 0 = none
+  Training/Human_ids/<id>.png        person id per pixel, 1..N, 0 = background
+  Training/train_id.txt
+  Validation/...                     the same, with val_id.txt
+"""
 
 
 def _unique_owner(key_ids: np.ndarray, owner_ids: np.ndarray) -> int | None:
@@ -200,4 +214,122 @@ class CIHPDataset:
         return f"CIHPDataset({self.folder}, {len(self)} images, {kind} items)"
 
 
-__all__ = ["CIHPDataset", "check_cihp_ids", "cihp_split_folder"]
+# -- registration ------------------------------------------------------------------------------------------
+
+
+def _base(root: Path) -> Path:
+    return root / CIHP_FOLDER if (root / CIHP_FOLDER).is_dir() else root
+
+
+def _detect(root: Path) -> bool:
+    base = _base(root)
+    return any((base / folder / "Category_ids").is_dir() for folder in SPLIT_FOLDERS.values())
+
+
+def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[str, list[Sample]]:
+    """The listed samples of each split (``splits`` None: the splits whose folder exists), with Instance_ids and
+    Human_ids as further maps; missing folders and split lists and unlisted files without their partners
+    (warnings) are reported."""
+    base = _base(root)
+    if splits is None:
+        splits = [split for split, folder in SPLIT_FOLDERS.items() if (base / folder).is_dir()]
+    found: dict[str, list[Sample]] = {}
+    for split in splits:
+        found[split] = []
+        if split not in SPLIT_FOLDERS:
+            add("missing_root", str(base / split), f"unknown CIHP split {split!r}; expected one of: "
+                f"{', '.join(SPLIT_FOLDERS)}")
+            continue
+        folder = base / SPLIT_FOLDERS[split]
+        missing = [folder / name for name in ("Images", *MAP_FOLDERS) if not (folder / name).is_dir()]
+        for path in missing:
+            add("missing_root", str(path), f"folder not found; {CIHP_LAYOUT}")
+        if missing:
+            continue
+        try:
+            ids = read_id_list(folder / f"{split}_id.txt", CIHP_LAYOUT)
+        except DatasetError as exc:
+            add("missing_split_list", str(folder / f"{split}_id.txt"), str(exc))
+            continue
+        found[split] = [
+            Sample(folder / "Images" / f"{i}.jpg", folder / "Category_ids" / f"{i}.png",
+                   (folder / "Instance_ids" / f"{i}.png", folder / "Human_ids" / f"{i}.png"))
+            for i in ids
+        ]  # fmt: skip
+        folders = {folder / "Images": (".jpg",), **{folder / name: (".png",) for name in MAP_FOLDERS}}
+        report_unpaired(folders, set(ids), add)
+    return found
+
+
+def _check_sample(sample: Sample, category: np.ndarray) -> list[Problem]:
+    """Instance_ids and Human_ids of ``sample`` readable, of Category_ids' size, and the three maps in agreement
+    (:func:`check_cihp_ids`)."""
+    problems: list[Problem] = []
+    maps = []
+    for path in sample.maps:
+        try:
+            values = read_label(path)
+        except DatasetError as exc:
+            problems.append((getattr(exc, "kind", "corrupt_image"), str(path), str(exc)))
+            continue
+        if values.shape != category.shape:
+            problems.append(("size_mismatch", str(path), f"size {values.shape[1]}x{values.shape[0]} (WxH) differs "
+                             f"from {sample.label} size {category.shape[1]}x{category.shape[0]}"))
+        maps.append(values)
+    if not problems:
+        where = f"{sample.maps[1]} with Category_ids/ and Instance_ids/"
+        try:
+            check_cihp_ids(category, maps[0], maps[1], where)
+        except DatasetError as exc:
+            problems.append(("inconsistent_ids", str(sample.maps[1]), str(exc)))
+    return problems
+
+
+CIHP = register_layout(Layout(
+    "cihp", TREE, "cihp", _detect, _scan_splits, _check_sample,
+    problem_kinds={"inconsistent_ids": "CIHP Category_ids, Instance_ids and Human_ids disagree"},
+))  # fmt: skip
+
+
+def cihp_dataset(
+    cfg: DataConfig,
+    split: str,
+    train: bool,
+    task: str = "parsing",
+    *,
+    root: Callable[[DataConfig], str | Path] = config_root,
+) -> CIHPDataset:
+    """A CIHP-layout split: semantic items (task "semantic" or "parsing") with the label set of ``data.palette``
+    (default CIHP's) for the flip pairs and :func:`~seglab.data.parsing_transforms.build_parsing_transform`, or
+    instance items (task "instance", Parsing R-CNN) with the detection pipeline, its flip replaced by one that swaps
+    part labels. ``root(cfg)`` is called last, as it may generate data."""
+    if task == "instance":
+        import dataclasses
+
+        from torchvision.transforms import v2
+
+        from seglab.data.instance_transforms import build_instance_transforms
+        from seglab.data.parsing_transforms import InstanceFlipWithSwap
+
+        pipeline = build_instance_transforms(dataclasses.replace(cfg, hflip=False), train)
+        if train and cfg.hflip:
+            pipeline = v2.Compose([InstanceFlipWithSwap(LIP_FLIP_PAIRS, p=0.5), *pipeline.transforms])
+        return CIHPDataset(root(cfg), split, pipeline, instance=True)
+    from seglab.data.parsing_transforms import build_parsing_transform
+
+    if cfg.with_pose:
+        raise ConfigError(f"data.with_pose: {cfg.dataset!r} has no pose annotations; pose is read for LIP layouts")
+    transform = build_parsing_transform(cfg, config_label_set(cfg, "cihp"), train)
+    return CIHPDataset(root(cfg), split, transform, with_humans=cfg.with_humans)
+
+
+register_dataset(
+    "cihp",
+    tasks=("semantic", "parsing", "instance"),
+    label_set="cihp",
+    layouts=(CIHP,),
+    build=cihp_dataset,
+    summary="Crowd Instance-level Human Parsing: parts, part instances and person ids of 1-N people",
+)
+
+__all__ = ["CIHP", "CIHPDataset", "check_cihp_ids", "cihp_dataset", "cihp_split_folder"]

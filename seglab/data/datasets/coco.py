@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from seglab.config import DataConfig
 from seglab.data.io import read_image
+from seglab.data.registry import AddProblem, Layout, Sample, config_root, register_dataset, register_layout
 from seglab.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,13 @@ COCO_LAYOUT = (
 )
 
 Report = Callable[[str, str, str, bool], None]  # (kind, where, detail, is_error)
+
+TREE = """
+coco/
+  train2017/<file_name>                    images (also val2017/; the demo: JPEGImages/)
+  annotations/instances_train2017.json     COCO instances: images, annotations, categories
+  annotations/instances_val2017.json       (split = the part after instances_)
+"""
 
 
 def coco_layout(root: str | Path, split: str) -> tuple[Path, Path]:
@@ -259,7 +268,7 @@ class COCOInstances:
         *,
         skip_crowd_in_targets: bool = True,
     ) -> None:
-        from pycocotools.coco import COCO
+        from pycocotools.coco import COCO as COCOApi
 
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         self.transforms = transforms
@@ -278,7 +287,7 @@ class COCOInstances:
         self.skipped: dict[str, int] = dict(skipped)
         if self.skipped:
             log.warning("%s: skipped annotations %s", self.ann_file, self.skipped)
-        self.coco = COCO()
+        self.coco = COCOApi()
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             self.coco.createIndex()
@@ -334,4 +343,46 @@ class COCOInstances:
         return f"COCOInstances({self.ann_file}, {len(self)} images, {len(self.cat_ids)} categories)"
 
 
-__all__ = ["COCOInstances", "check_coco", "coco_layout"]
+# -- registration ------------------------------------------------------------------------------------------
+
+
+def _detect(root: Path) -> bool:
+    return any((root / "annotations").glob("instances_*.json"))
+
+
+def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[str, list[Sample]]:
+    """COCO problems only (:func:`check_coco`); its images are read there, so no samples."""
+    if splits is None:
+        splits = sorted(p.stem.removeprefix("instances_") for p in (root / "annotations").glob("instances_*.json"))
+    for split in splits:
+        try:
+            ann_file, image_dir = coco_layout(root, split)
+        except DatasetError as exc:
+            add("missing_split_list", str(root / "annotations" / f"instances_{split}.json"), str(exc))
+            continue
+        for kind, where, detail, is_error in check_coco(ann_file, image_dir):
+            add(kind, where, detail, is_error)
+    return {f"coco:{split}": [] for split in splits}
+
+
+COCO = register_layout(Layout("coco", TREE, "voc", _detect, _scan_splits))
+
+
+def coco_instances(cfg: DataConfig, split: str, train: bool, root: str | Path) -> COCOInstances:
+    """``split`` of the COCO files under ``root`` with the detection transforms of ``data``."""
+    from seglab.data.instance_transforms import build_instance_transforms
+
+    ann_file, image_dir = coco_layout(root, split)
+    return COCOInstances(ann_file, image_dir, build_instance_transforms(cfg, train))
+
+
+register_dataset(
+    "coco",
+    tasks=("instance",),
+    label_set="coco",
+    layouts=(COCO,),
+    build=lambda cfg, split, train, task: coco_instances(cfg, split, train, config_root(cfg)),
+    summary="COCO instances, official layout; `data.train_split` / `data.val_split`: `train2017` / `val2017`",
+)
+
+__all__ = ["COCO", "COCOInstances", "check_coco", "coco_instances", "coco_layout"]

@@ -45,7 +45,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from seglab.config import DataConfig
+from seglab.data.datasets.coco import COCO, COCOInstances, coco_instances
+from seglab.data.datasets.voc import VOC, VOCSegmentation
 from seglab.data.palettes import DEMO_SHAPES_CLASSES, get_label_set
+from seglab.data.registry import config_label_set, register_dataset
 from seglab.errors import DatasetError
 from seglab.utils import atomic_write_text
 
@@ -360,5 +364,31 @@ def ensure_demo_data(root: str | Path | None = None) -> Path:
     log.info("generating the demo shapes dataset into %s", root)
     return generate_demo_data(root, **params)
 
+
+# -- registration ------------------------------------------------------------------------------------------
+
+
+def _build(cfg: DataConfig, split: str, train: bool, task: str) -> VOCSegmentation | COCOInstances:
+    """The VOC files for the semantic task, the COCO files for the instance task; ``data.root`` empty: the cache
+    folder, generated if needed."""
+    if task == "instance":
+        return coco_instances(cfg, split, train, cfg.root or ensure_demo_data())
+    from seglab.data.transforms import build_transforms
+
+    labels = config_label_set(cfg, "demo_shapes")
+    transforms = build_transforms(cfg, train)
+    return VOCSegmentation(cfg.root or ensure_demo_data(), split, transforms, label_set=labels)
+
+
+register_dataset(
+    "demo",
+    tasks=("semantic", "instance"),
+    label_set="demo_shapes",
+    layouts=(VOC, COCO),
+    build=_build,
+    summary="synthetic shapes; `data.root` empty: `demo_shapes/` in the cache folder (`$SEGLAB_CACHE`, else "
+    "`~/.cache/seglab`), generated if needed",
+    check_root=lambda cfg: Path(cfg.root) if cfg.root else default_demo_root(),
+)
 
 __all__ = ["DEMO_CLASSES", "DEMO_PARAMS", "default_demo_root", "ensure_demo_data", "generate_demo_data", "render_scene"]

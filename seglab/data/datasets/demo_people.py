@@ -55,12 +55,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from seglab.config import DataConfig
+from seglab.data.datasets.cihp import CIHP, cihp_dataset
 from seglab.data.datasets.demo import (
     _background,
     _read_manifest,
@@ -69,7 +72,9 @@ from seglab.data.datasets.demo import (
     check_replaceable,
     replace_folder_atomically,
 )
+from seglab.data.datasets.lip import LIP, lip_dataset
 from seglab.data.palettes import LIP_CLASSES, get_label_set
+from seglab.data.registry import register_dataset
 from seglab.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -602,7 +607,39 @@ def ensure_demo_people(root: str | Path | None = None) -> Path:
     return generate_demo_people(root, **DEMO_PEOPLE_PARAMS)
 
 
+# -- registration ------------------------------------------------------------------------------------------
+
+
+def demo_people_part(cfg: DataConfig, part: str, generate: bool = True) -> Path:
+    """The ``part`` ("LIP" or "CIHP") of the demo people: ``data.root``/part (or ``data.root`` itself when it has
+    no such folder), else the cache folder's, generated first if ``generate``."""
+    if cfg.root:
+        root = Path(cfg.root)
+        return root / part if (root / part).is_dir() else root
+    return (ensure_demo_people() if generate else default_demo_people_root()) / part
+
+
+register_dataset(
+    "demo_people",
+    tasks=("semantic", "parsing"),
+    label_set="lip",
+    layouts=(LIP,),
+    build=partial(lip_dataset, label_set="lip", root=partial(demo_people_part, part="LIP")),
+    summary="synthetic people with pose; `data.root` empty: the cache folder's `demo_people/LIP`, generated if needed",
+    check_root=partial(demo_people_part, part="LIP", generate=False),
+)
+register_dataset(
+    "demo_people_cihp",
+    tasks=("semantic", "parsing", "instance"),
+    label_set="cihp",
+    layouts=(CIHP,),
+    build=partial(cihp_dataset, root=partial(demo_people_part, part="CIHP")),
+    summary="synthetic groups of 1-3 people; `data.root` empty: the cache folder's `demo_people/CIHP`, generated if "
+    "needed",
+    check_root=partial(demo_people_part, part="CIHP", generate=False),
+)
+
 __all__ = [
-    "DEMO_PEOPLE_PARAMS", "JOINTS", "default_demo_people_root", "ensure_demo_people", "generate_demo_people",
-    "render_cihp_image", "render_lip_image",
+    "DEMO_PEOPLE_PARAMS", "JOINTS", "default_demo_people_root", "demo_people_part", "ensure_demo_people",
+    "generate_demo_people", "render_cihp_image", "render_lip_image",
 ]  # fmt: skip

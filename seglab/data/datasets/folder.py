@@ -1,7 +1,4 @@
-"""A plain folder of images and masks, paired by file stem: the layout for one's own data::
-
-    root/images/<stem>.{jpg,jpeg,png,bmp,tif,tiff}
-    root/masks/<stem>.png        palette (P) or grayscale (L) PNG of class indices, 255 = ignore
+"""A plain folder of images and masks, paired by file stem (:data:`TREE`): the layout for one's own data.
 
 A split is chosen by ``root/<split>/images`` (a sub-folder with the same layout) or ``root/<split>.txt``
 (one stem per line); with neither (or ``split=None``) every pair is used. An image without a mask or a
@@ -17,11 +14,28 @@ from typing import Any
 
 import numpy as np
 
+from seglab.config import DataConfig
 from seglab.data.datasets.voc import PairedSegmentationDataset, check_files_exist, read_id_list
 from seglab.data.palettes import LabelSet
+from seglab.data.registry import (
+    AddProblem,
+    Layout,
+    Sample,
+    config_label_set,
+    config_root,
+    register_dataset,
+    register_layout,
+)
 from seglab.errors import DatasetError
 
 log = logging.getLogger(__name__)
+
+TREE = """
+root/
+  images/<stem>.{jpg,jpeg,png,bmp,tif,tiff}
+  masks/<stem>.png       palette (P) or grayscale (L) PNG of class indices, 255 = ignore
+  (a split: root/<split>/images/ and root/<split>/masks/, or root/<split>.txt listing stems)
+"""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 FOLDER_LAYOUT = (
@@ -88,4 +102,73 @@ class FolderSegmentation(PairedSegmentationDataset):
         )
 
 
-__all__ = ["FolderSegmentation"]
+# -- registration ------------------------------------------------------------------------------------------
+
+
+def _detect(root: Path) -> bool:
+    return (root / "images").is_dir() or any((p / "images").is_dir() for p in root.iterdir() if p.is_dir())
+
+
+def _pairs(root: Path, add: AddProblem) -> dict[str, Sample]:
+    images = {p.stem: p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in sorted((root / "masks").glob("*.png"))}
+    for stem in sorted(set(images) - set(masks)):
+        add("unpaired", str(images[stem]), f"no mask {root / 'masks' / (stem + '.png')}")
+    for stem in sorted(set(masks) - set(images)):
+        add("unpaired", str(masks[stem]), f"no image {stem}.* in {root / 'images'}")
+    return {s: Sample(images[s], masks[s]) for s in sorted(set(images) & set(masks))}
+
+
+def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[str, list[Sample]]:
+    if splits is None:  # detected: root/images, root/<split>/images, root/<split>.txt
+        splits = [p.name for p in sorted(root.iterdir()) if (p / "images").is_dir()]
+        splits += [p.stem for p in sorted(root.glob("*.txt"))]
+        if (root / "images").is_dir() and not splits:
+            splits = [""]
+    found: dict[str, list[Sample]] = {}
+    for split in splits:
+        samples = found.setdefault(split or "(all)", [])
+        base = root / split if split and (root / split / "images").is_dir() else root
+        for folder in (base / "images", base / "masks"):
+            if not folder.is_dir():
+                add("missing_root", str(folder), f"folder not found; {FOLDER_LAYOUT}")
+        if not (base / "images").is_dir() or not (base / "masks").is_dir():
+            continue
+        pairs = _pairs(base, add)
+        if base == root and split and (root / f"{split}.txt").is_file():
+            try:
+                stems = read_id_list(root / f"{split}.txt", FOLDER_LAYOUT)
+            except DatasetError as exc:
+                add("missing_split_list", str(root / f"{split}.txt"), str(exc))
+                continue
+            for stem in stems:
+                if stem in pairs:
+                    samples.append(pairs[stem])
+                else:
+                    add("missing_file", f"{root / 'images' / stem}.*", f"listed in {split}.txt")
+        else:
+            samples.extend(pairs.values())
+    return found
+
+
+FOLDER = register_layout(Layout("folder", TREE, "voc", _detect, _scan_splits))
+
+
+def _build(cfg: DataConfig, split: str, train: bool, task: str) -> FolderSegmentation:
+    from seglab.data.transforms import build_transforms
+
+    labels = config_label_set(cfg, "voc")
+    transforms = build_transforms(cfg, train)
+    return FolderSegmentation(config_root(cfg), split, transforms, label_set=labels)
+
+
+register_dataset(
+    "folder",
+    tasks=("semantic",),
+    label_set="voc",
+    layouts=(FOLDER,),
+    build=_build,
+    summary="one's own images and masks paired by stem; set `data.palette` to a label set with its classes",
+)
+
+__all__ = ["FOLDER", "FolderSegmentation"]

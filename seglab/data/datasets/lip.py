@@ -1,19 +1,8 @@
 """LIP (Look Into Person) single-person parsing, and ATR / Pascal-Person-Part in SCHP's flat layout.
 
 Gong, Liang, Zhang, Shen, Lin, "Look into Person: Self-supervised Structure-sensitive Learning and a New Benchmark
-for Human Parsing", CVPR 2017. Two layouts are read, detected from the folders under ``root``:
-
-Official download::
-
-    root/TrainVal_images/{train,val}_images/<id>.jpg
-    root/TrainVal_images/{train,val}_id.txt
-    root/TrainVal_parsing_annotations/{train,val}_segmentations/<id>.png   values 0-19, 255 ignore
-    root/TrainVal_pose_annotations/lip_{train,val}_set.csv                 16 joints per image
-
-SCHP's flat layout (also ATR's and Pascal-Person-Part's)::
-
-    root/{train,val}_images/<id>.jpg, root/{train,val}_segmentations/<id>.png, root/{train,val}_id.txt
-    (pose, if any: root/lip_{split}_set.csv or root/TrainVal_pose_annotations/lip_{split}_set.csv)
+for Human Parsing", CVPR 2017. Two layouts are read (:data:`TREE`), detected from the folders under ``root``: the
+official download, and SCHP's flat layout (also ATR's and Pascal-Person-Part's).
 
 An item is ``(image float [3,H,W] ImageNet-normalised, target)``: the target is the int64 [H,W] label map, or with
 ``with_pose`` a dict ``{"mask", "joints": float [16,3]}`` of rows (x, y, v) in the transformed image's pixels,
@@ -26,15 +15,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from seglab.config import DataConfig
 from seglab.data.datasets.voc import PairedSegmentationDataset, check_files_exist, read_id_list
 from seglab.data.palettes import LIP_JOINTS, LabelSet, get_label_set
-from seglab.errors import DatasetError
+from seglab.data.registry import (
+    AddProblem,
+    Layout,
+    Sample,
+    config_label_set,
+    config_root,
+    register_dataset,
+    register_layout,
+    report_unpaired,
+)
+from seglab.errors import ConfigError, DatasetError
 
 NUM_JOINTS = len(LIP_JOINTS)
 POSE_FIELDS = 1 + 3 * NUM_JOINTS  # image name, then 16 x (x, y, visibility)
@@ -43,6 +44,19 @@ LIP_LAYOUT = (
     "TrainVal_parsing_annotations/{split}_segmentations/<id>.png, or the flat layout {split}_images/, "
     "{split}_segmentations/, {split}_id.txt"
 )
+
+TREE = """
+LIP/                                                   official download
+  TrainVal_images/{train,val}_images/<id>.jpg
+  TrainVal_images/{train,val}_id.txt
+  TrainVal_parsing_annotations/{train,val}_segmentations/<id>.png    values 0-19, 255 ignored
+  TrainVal_pose_annotations/lip_{train,val}_set.csv     <id>.jpg, then 16 x (x, y, visibility)
+ATR/, Pascal-Person-Part/ (or LIP/): SCHP's flat layout
+  {train,val}_images/<id>.jpg
+  {train,val}_segmentations/<id>.png
+  {train,val}_id.txt
+  lip_{train,val}_set.csv                               pose, if any (LIP)
+"""
 
 ParsingTransform = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], Any]
 
@@ -89,31 +103,39 @@ def read_lip_pose_csv(path: str | Path) -> dict[str, np.ndarray]:
     return poses
 
 
-def _lip_paths(root: Path, split: str) -> dict[str, Path]:
-    """The folders and files of ``split`` in whichever layout ``root`` holds."""
-    if not root.is_dir():
-        raise DatasetError(f"{root}: dataset root folder not found; {LIP_LAYOUT}")
+def _split_paths(root: Path, split: str) -> dict[str, Path] | None:
+    """The folders and files of ``split`` in whichever layout ``root`` holds (None: neither), unchecked."""
     official = root / "TrainVal_images"
     if official.is_dir():
-        paths = {
+        return {
             "images": official / f"{split}_images",
             "labels": root / "TrainVal_parsing_annotations" / f"{split}_segmentations",
             "ids": official / f"{split}_id.txt",
             "pose": root / "TrainVal_pose_annotations" / f"lip_{split}_set.csv",
         }
-    elif (root / f"{split}_images").is_dir():
+    if (root / f"{split}_images").is_dir():
         flat_pose = root / f"lip_{split}_set.csv"
-        paths = {
+        return {
             "images": root / f"{split}_images",
             "labels": root / f"{split}_segmentations",
             "ids": root / f"{split}_id.txt",
             "pose": flat_pose if flat_pose.is_file() else root / "TrainVal_pose_annotations" / f"lip_{split}_set.csv",
         }
-    else:
-        raise DatasetError(
-            f"{root}: neither {official} (official LIP layout) nor {root / f'{split}_images'} (flat layout) "
-            f"exists; {LIP_LAYOUT}"
-        )
+    return None
+
+
+def _missing_layout(root: Path, split: str) -> str:
+    return (f"neither {root / 'TrainVal_images'} (official LIP layout) nor {root / f'{split}_images'} (flat layout) "
+            f"exists; {LIP_LAYOUT}")
+
+
+def _lip_paths(root: Path, split: str) -> dict[str, Path]:
+    """The folders and files of ``split`` in whichever layout ``root`` holds; a missing folder raises."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root folder not found; {LIP_LAYOUT}")
+    paths = _split_paths(root, split)
+    if paths is None:
+        raise DatasetError(f"{root}: {_missing_layout(root, split)}")
     for key in ("images", "labels"):
         if not paths[key].is_dir():
             raise DatasetError(f"{paths[key]}: folder not found; {LIP_LAYOUT}")
@@ -198,4 +220,86 @@ class LIPDataset(PairedSegmentationDataset):
                 f"label set {self.label_set.name!r}, with_pose={self.with_pose})")
 
 
-__all__ = ["LIPDataset", "finish_item", "read_lip_pose_csv"]
+# -- registration ------------------------------------------------------------------------------------------
+
+
+def _detect(root: Path) -> bool:
+    return (root / "TrainVal_images").is_dir() or any(p.is_dir() for p in root.glob("*_segmentations"))
+
+
+def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[str, list[Sample]]:
+    """The listed pairs of each split (``splits`` None: every ``<split>_id.txt``); missing folders and split lists,
+    unlisted files without their partner (warnings) and pose CSVs that do not parse are reported."""
+    if splits is None:
+        lists = root / "TrainVal_images" if (root / "TrainVal_images").is_dir() else root
+        splits = sorted(p.name.removesuffix("_id.txt") for p in lists.glob("*_id.txt"))
+    found: dict[str, list[Sample]] = {}
+    for split in splits:
+        found[split] = []
+        paths = _split_paths(root, split)
+        if paths is None:
+            add("missing_root", str(root / f"{split}_images"), _missing_layout(root, split))
+            continue
+        missing = [paths[key] for key in ("images", "labels") if not paths[key].is_dir()]
+        for folder in missing:
+            add("missing_root", str(folder), f"folder not found; {LIP_LAYOUT}")
+        if missing:
+            continue
+        try:
+            ids = read_id_list(paths["ids"], LIP_LAYOUT)
+        except DatasetError as exc:
+            add("missing_split_list", str(paths["ids"]), str(exc))
+            continue
+        found[split] = [Sample(_image_path(paths["images"], i), paths["labels"] / f"{i}.png") for i in ids]
+        report_unpaired({paths["images"]: (".jpg", ".png"), paths["labels"]: (".png",)}, set(ids), add)
+        if paths["pose"].is_file():
+            try:
+                read_lip_pose_csv(paths["pose"])
+            except DatasetError as exc:
+                add("bad_pose_csv", str(paths["pose"]), str(exc))
+    return found
+
+
+LIP = register_layout(Layout(
+    "lip", TREE, "lip", _detect, _scan_splits,
+    problem_kinds={"bad_pose_csv": "LIP pose CSV with a malformed row or field"},
+))  # fmt: skip
+
+
+def lip_dataset(
+    cfg: DataConfig,
+    split: str,
+    train: bool,
+    task: str = "parsing",
+    *,
+    label_set: str = "lip",
+    root: Callable[[DataConfig], str | Path] = config_root,
+) -> LIPDataset:
+    """A LIP-layout split (LIP, ATR, Pascal-Person-Part, the demo people) with the label set of ``data.palette``
+    (its default "voc": ``label_set``) and :func:`~seglab.data.parsing_transforms.build_parsing_transform`, for
+    the semantic or parsing ``task``; ``root(cfg)`` is called last, as it may generate data."""
+    from seglab.data.parsing_transforms import build_parsing_transform
+
+    if cfg.with_humans:
+        raise ConfigError(f"data.with_humans: {cfg.dataset!r} has no person ids; they are read from the CIHP layout "
+                          "(cihp, demo_people_cihp)")
+    labels = config_label_set(cfg, label_set)
+    transform = build_parsing_transform(cfg, labels, train)
+    return LIPDataset(root(cfg), split, transform, with_pose=cfg.with_pose, label_set=labels)
+
+
+for _name, _summary in (
+    ("lip", "Look Into Person, single-person parsing with 16 pose joints; official or SCHP's flat layout"),
+    ("atr", "ATR, single-person parsing, in SCHP's flat layout"),
+    ("pascal_person_part", "Pascal-Person-Part (body parts, no left/right), in SCHP's flat layout"),
+):
+    register_dataset(
+        _name,
+        tasks=("semantic", "parsing"),
+        label_set=_name,
+        layouts=(LIP,),
+        build=partial(lip_dataset, label_set=_name),
+        summary=_summary,
+    )
+
+__all__ = ["LIP", "LIPDataset", "finish_item", "lip_dataset", "read_lip_pose_csv"]

@@ -1,10 +1,6 @@
 """PASCAL VOC 2012 segmentation, optionally with the SBD augmented training labels.
 
-Reads the official layout exactly (``root`` is the VOC2012 folder)::
-
-    root/JPEGImages/<id>.jpg
-    root/SegmentationClass/<id>.png          palette PNG of class indices, 255 = void (ignored)
-    root/ImageSets/Segmentation/<split>.txt  one id per line
+Reads the official layout exactly (``root`` is the VOC2012 folder; :data:`TREE`).
 
 SBD (Hariharan et al., "Semantic Contours from Inverse Detectors", ICCV 2011), given as the
 ``benchmark_RELEASE/dataset`` folder (``img/<id>.jpg``, ``cls/<id>.mat`` with the ``GTcls.Segmentation``
@@ -25,9 +21,26 @@ from typing import Any
 
 import numpy as np
 
+from seglab.config import DataConfig
 from seglab.data.io import read_image, read_label
 from seglab.data.palettes import LabelSet, get_label_set
+from seglab.data.registry import (
+    AddProblem,
+    Layout,
+    Sample,
+    config_label_set,
+    config_root,
+    register_dataset,
+    register_layout,
+)
 from seglab.errors import DatasetError
+
+TREE = """
+VOC2012/
+  JPEGImages/<id>.jpg
+  SegmentationClass/<id>.png             palette PNG of class indices, 255 = void (ignored)
+  ImageSets/Segmentation/<split>.txt     one id per line (train, val, trainval)
+"""
 
 VOC_LAYOUT = (
     "expected the VOC2012 layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png, ImageSets/Segmentation/<split>.txt"
@@ -174,4 +187,48 @@ class VOCSegmentation(PairedSegmentationDataset):
         return ids, images, labels
 
 
-__all__ = ["PairedSegmentationDataset", "VOCSegmentation"]
+# -- registration ------------------------------------------------------------------------------------------
+
+
+def _detect(root: Path) -> bool:
+    return (root / "ImageSets" / "Segmentation").is_dir() or (root / "JPEGImages").is_dir()
+
+
+def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[str, list[Sample]]:
+    lists = root / "ImageSets" / "Segmentation"
+    if splits is None:
+        splits = sorted(p.stem for p in lists.glob("*.txt"))
+    found: dict[str, list[Sample]] = {}
+    for split in splits:
+        found[split] = []
+        try:
+            ids = read_id_list(lists / f"{split}.txt", VOC_LAYOUT)
+        except DatasetError as exc:
+            add("missing_split_list", str(lists / f"{split}.txt"), str(exc))
+            continue
+        found[split] = [Sample(root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids]
+    return found
+
+
+VOC = register_layout(Layout("voc", TREE, "voc", _detect, _scan_splits))
+
+
+def _build(cfg: DataConfig, split: str, train: bool, task: str) -> VOCSegmentation:
+    from seglab.data.transforms import build_transforms
+
+    labels = config_label_set(cfg, "voc")
+    transforms = build_transforms(cfg, train)
+    sbd_root = (cfg.sbd_root or None) if split == cfg.train_split else None
+    return VOCSegmentation(config_root(cfg), split, transforms, sbd_root=sbd_root, label_set=labels)
+
+
+register_dataset(
+    "voc",
+    tasks=("semantic",),
+    label_set="voc",
+    layouts=(VOC,),
+    build=_build,
+    summary="PASCAL VOC 2012 (`data.root`: the VOC2012 folder), plus SBD's training labels from `data.sbd_root`",
+)
+
+__all__ = ["VOC", "PairedSegmentationDataset", "VOCSegmentation"]
