@@ -64,7 +64,7 @@ def test_ground_truth_outside_the_classes_is_an_error_naming_the_file(tmp_path):
     from seglab.data.datasets import FolderSegmentation
     from seglab.data.transforms import SegmentationTransform
 
-    dataset = FolderSegmentation(root, None, SegmentationTransform(), label_set=get_label_set("demo_shapes"))
+    dataset = FolderSegmentation(root, None, SegmentationTransform(), label_set=get_label_set("voc"))
     model = nn.Conv2d(3, 3, 1)
     with pytest.raises(DatasetError, match=r"b\.png: ground-truth values \[7\] are outside the model's 3 classes"):
         evaluate(model, dataset, num_classes=3)

@@ -43,7 +43,7 @@ class AddProblem(Protocol):
 Problem = tuple[str, str, str]  # (kind, path, message)
 ScanHook = Callable[[Path, "list[str] | None", AddProblem], dict[str, list[Sample]]]
 SampleHook = Callable[[Sample, np.ndarray], list[Problem]]
-Builder = Callable[[DataConfig, str, bool, str], Any]
+Builder = Callable[[DataConfig, str, bool], Any]
 
 
 @dataclass(frozen=True)
@@ -81,17 +81,26 @@ def config_root(cfg: DataConfig) -> Path:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A ``data.dataset`` name: the tasks it serves, its label set (used when ``data.palette`` is left at "voc"),
-    the layouts it is read from, a one-line summary, ``build(cfg, split, train, task)`` and ``check_root(cfg)``,
-    the folder check-dataset reads (never generating data)."""
+    """A ``data.dataset`` name: a builder ``(cfg, split, train) -> dataset`` per task it serves (the items that task
+    reads: label maps, or COCO-style instances), its label set (used when ``data.palette`` is left at "voc"), the
+    layouts it is read from, a one-line summary and ``check_root(cfg)``, the folder check-dataset reads (never
+    generating data)."""
 
     name: str
-    tasks: tuple[str, ...]
+    builders: Mapping[str, Builder]
     label_set: str
     layouts: tuple[Layout, ...]
-    build: Builder
     summary: str
     check_root: Callable[[DataConfig], Path] = config_root
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks the dataset serves."""
+        return tuple(self.builders)
+
+    def build(self, cfg: DataConfig, split: str, train: bool, task: str) -> Any:
+        """The dataset of ``split`` as ``task`` reads it (KeyError for a task it does not serve)."""
+        return self.builders[task](cfg, split, train)
 
 
 _LAYOUTS: dict[str, Layout] = {}
@@ -110,17 +119,17 @@ def register_layout(layout: Layout) -> Layout:
 def register_dataset(
     name: str,
     *,
-    tasks: Iterable[str],
+    builders: Mapping[str, Builder],
     label_set: str,
     layouts: Iterable[Layout],
-    build: Builder,
     summary: str,
     check_root: Callable[[DataConfig], Path] = config_root,
 ) -> DatasetInfo:
-    """Register the ``data.dataset`` value ``name``; its layouts must be registered first."""
+    """Register the ``data.dataset`` value ``name`` with a builder per task it serves; its layouts must be
+    registered first."""
     if name in _DATASETS:
         raise ValueError(f"dataset {name!r} is registered twice")
-    tasks, layouts = tuple(tasks), tuple(layouts)
+    tasks, layouts = tuple(builders), tuple(layouts)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ValueError(f"dataset {name!r}: tasks {tasks}; expected some of {', '.join(TASKS)}")
@@ -128,7 +137,7 @@ def register_dataset(
         if _LAYOUTS.get(layout.name) is not layout:
             raise ValueError(f"dataset {name!r}: layout {layout.name!r} is not registered")
     get_label_set(label_set)
-    info = DatasetInfo(name, tasks, label_set, layouts, build, summary, check_root)
+    info = DatasetInfo(name, dict(builders), label_set, layouts, summary, check_root)
     _DATASETS[name] = info
     return info
 

@@ -106,15 +106,15 @@ def test_folder_layouts_are_detected_from_the_registry(folders):
 def test_registration_refuses_duplicates_unknown_tasks_and_unregistered_layouts():
     voc = get_dataset("voc")
     with pytest.raises(ValueError, match="'voc' is registered twice"):
-        register_dataset("voc", tasks=("semantic",), label_set="voc", layouts=voc.layouts, build=voc.build,
-                         summary="")  # fmt: skip
+        register_dataset("voc", builders=voc.builders, label_set="voc", layouts=voc.layouts, summary="")
     with pytest.raises(ValueError, match="registered twice"):
         register_layout(voc.layouts[0])
     with pytest.raises(ValueError, match="tasks"):
-        register_dataset("x", tasks=("panoptic",), label_set="voc", layouts=(), build=voc.build, summary="")
+        register_dataset("x", builders={"panoptic": voc.builders["semantic"]}, label_set="voc", layouts=(),
+                         summary="")
     stray = Layout("stray", "", "voc", lambda root: False, lambda root, splits, add: {})
     with pytest.raises(ValueError, match="layout 'stray' is not registered"):
-        register_dataset("x", tasks=("semantic",), label_set="voc", layouts=(stray,), build=voc.build, summary="")
+        register_dataset("x", builders=voc.builders, label_set="voc", layouts=(stray,), summary="")
     assert "x" not in list_datasets() and "stray" not in [layout.name for layout in list_layouts()]
 
 

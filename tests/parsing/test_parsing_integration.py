@@ -76,7 +76,7 @@ def test_parsing_rcnn_trains_and_evaluates_on_synthetic_cihp(people_root, tmp_pa
         optim={"lr": 1e-4}, train={"iters": 2, "loss": "ce"},
     )
     trainer = build_trainer(cfg)
-    assert trainer.detection and len(trainer.train_set) == 4
+    assert trainer.task.detection and len(trainer.train_set) == 4
     metrics = trainer.fit()
     losses = [r for r in trainer.history if "loss_parsing" in r]
     assert len(losses) == 2 and all(np.isfinite(r["loss"]) for r in losses)

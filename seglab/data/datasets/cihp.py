@@ -20,6 +20,7 @@ as the detection pipelines of :mod:`seglab.data.instance_transforms` do.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -292,29 +293,12 @@ CIHP = register_layout(Layout(
 
 
 def cihp_dataset(
-    cfg: DataConfig,
-    split: str,
-    train: bool,
-    task: str = "parsing",
-    *,
-    root: Callable[[DataConfig], str | Path] = config_root,
+    cfg: DataConfig, split: str, train: bool, *, root: Callable[[DataConfig], str | Path] = config_root
 ) -> CIHPDataset:
-    """A CIHP-layout split: semantic items (task "semantic" or "parsing") with the label set of ``data.palette``
-    (default CIHP's) for the flip pairs and :func:`~seglab.data.parsing_transforms.build_parsing_transform`, or
-    instance items (task "instance", Parsing R-CNN) with the detection pipeline, its flip replaced by one that swaps
-    part labels. ``root(cfg)`` is called last, as it may generate data."""
-    if task == "instance":
-        import dataclasses
-
-        from torchvision.transforms import v2
-
-        from seglab.data.instance_transforms import build_instance_transforms
-        from seglab.data.parsing_transforms import InstanceFlipWithSwap
-
-        pipeline = build_instance_transforms(dataclasses.replace(cfg, hflip=False), train)
-        if train and cfg.hflip:
-            pipeline = v2.Compose([InstanceFlipWithSwap(LIP_FLIP_PAIRS, p=0.5), *pipeline.transforms])
-        return CIHPDataset(root(cfg), split, pipeline, instance=True)
+    """A CIHP-layout split as the semantic and parsing tasks read it: part maps with the label set of
+    ``data.palette`` (default CIHP's) for the flip pairs and
+    :func:`~seglab.data.parsing_transforms.build_parsing_transform`. ``root(cfg)`` is called last, as it may
+    generate data."""
     from seglab.data.parsing_transforms import build_parsing_transform
 
     if cfg.with_pose:
@@ -323,13 +307,37 @@ def cihp_dataset(
     return CIHPDataset(root(cfg), split, transform, with_humans=cfg.with_humans)
 
 
+def cihp_people(
+    cfg: DataConfig, split: str, train: bool, *, root: Callable[[DataConfig], str | Path] = config_root
+) -> CIHPDataset:
+    """A CIHP-layout split as the instance task reads it (Parsing R-CNN): one item per image with each person's
+    box and part map, through the detection pipeline with its flip replaced by one that swaps part labels."""
+    import dataclasses
+
+    from torchvision.transforms import v2
+
+    from seglab.data.instance_transforms import build_instance_transforms
+    from seglab.data.parsing_transforms import InstanceFlipWithSwap
+
+    pipeline = build_instance_transforms(dataclasses.replace(cfg, hflip=False), train)
+    if train and cfg.hflip:
+        pipeline = v2.Compose([InstanceFlipWithSwap(LIP_FLIP_PAIRS, p=0.5), *pipeline.transforms])
+    return CIHPDataset(root(cfg), split, pipeline, instance=True)
+
+
+def cihp_builders(root: Callable[[DataConfig], str | Path] = config_root) -> dict[str, Callable[..., CIHPDataset]]:
+    """The builders of a CIHP-layout dataset read from ``root(cfg)``: part maps (semantic, parsing), people
+    (instance)."""
+    parts, people = partial(cihp_dataset, root=root), partial(cihp_people, root=root)
+    return {"semantic": parts, "parsing": parts, "instance": people}
+
+
 register_dataset(
     "cihp",
-    tasks=("semantic", "parsing", "instance"),
+    builders=cihp_builders(),
     label_set="cihp",
     layouts=(CIHP,),
-    build=cihp_dataset,
     summary="Crowd Instance-level Human Parsing: parts, part instances and person ids of 1-N people",
 )
 
-__all__ = ["CIHP", "CIHPDataset", "check_cihp_ids", "cihp_dataset", "cihp_split_folder"]
+__all__ = ["CIHP", "CIHPDataset", "check_cihp_ids", "cihp_builders", "cihp_dataset", "cihp_people", "cihp_split_folder"]

@@ -378,10 +378,9 @@ def coco_instances(cfg: DataConfig, split: str, train: bool, root: str | Path) -
 
 register_dataset(
     "coco",
-    tasks=("instance",),
+    builders={"instance": lambda cfg, split, train: coco_instances(cfg, split, train, config_root(cfg))},
     label_set="coco",
     layouts=(COCO,),
-    build=lambda cfg, split, train, task: coco_instances(cfg, split, train, config_root(cfg)),
     summary="COCO instances, official layout; `data.train_split` / `data.val_split`: `train2017` / `val2017`",
 )
 

@@ -368,11 +368,8 @@ def ensure_demo_data(root: str | Path | None = None) -> Path:
 # -- registration ------------------------------------------------------------------------------------------
 
 
-def _build(cfg: DataConfig, split: str, train: bool, task: str) -> VOCSegmentation | COCOInstances:
-    """The VOC files for the semantic task, the COCO files for the instance task; ``data.root`` empty: the cache
-    folder, generated if needed."""
-    if task == "instance":
-        return coco_instances(cfg, split, train, cfg.root or ensure_demo_data())
+def _semantic(cfg: DataConfig, split: str, train: bool) -> VOCSegmentation:
+    """The VOC files (label maps); ``data.root`` empty: the cache folder, generated if needed."""
     from seglab.data.transforms import build_transforms
 
     labels = config_label_set(cfg, "demo_shapes")
@@ -380,12 +377,16 @@ def _build(cfg: DataConfig, split: str, train: bool, task: str) -> VOCSegmentati
     return VOCSegmentation(cfg.root or ensure_demo_data(), split, transforms, label_set=labels)
 
 
+def _instances(cfg: DataConfig, split: str, train: bool) -> COCOInstances:
+    """The COCO files (instances); ``data.root`` empty: the cache folder, generated if needed."""
+    return coco_instances(cfg, split, train, cfg.root or ensure_demo_data())
+
+
 register_dataset(
     "demo",
-    tasks=("semantic", "instance"),
+    builders={"semantic": _semantic, "instance": _instances},
     label_set="demo_shapes",
     layouts=(VOC, COCO),
-    build=_build,
     summary="synthetic shapes; `data.root` empty: `demo_shapes/` in the cache folder (`$SEGLAB_CACHE`, else "
     "`~/.cache/seglab`), generated if needed",
     check_root=lambda cfg: Path(cfg.root) if cfg.root else default_demo_root(),

@@ -63,7 +63,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from seglab.config import DataConfig
-from seglab.data.datasets.cihp import CIHP, cihp_dataset
+from seglab.data.datasets.cihp import CIHP, cihp_builders
 from seglab.data.datasets.demo import (
     _background,
     _read_manifest,
@@ -621,19 +621,18 @@ def demo_people_part(cfg: DataConfig, part: str, generate: bool = True) -> Path:
 
 register_dataset(
     "demo_people",
-    tasks=("semantic", "parsing"),
+    builders=dict.fromkeys(("semantic", "parsing"),
+                           partial(lip_dataset, label_set="lip", root=partial(demo_people_part, part="LIP"))),
     label_set="lip",
     layouts=(LIP,),
-    build=partial(lip_dataset, label_set="lip", root=partial(demo_people_part, part="LIP")),
     summary="synthetic people with pose; `data.root` empty: the cache folder's `demo_people/LIP`, generated if needed",
     check_root=partial(demo_people_part, part="LIP", generate=False),
 )
 register_dataset(
     "demo_people_cihp",
-    tasks=("semantic", "parsing", "instance"),
+    builders=cihp_builders(partial(demo_people_part, part="CIHP")),
     label_set="cihp",
     layouts=(CIHP,),
-    build=partial(cihp_dataset, root=partial(demo_people_part, part="CIHP")),
     summary="synthetic groups of 1-3 people; `data.root` empty: the cache folder's `demo_people/CIHP`, generated if "
     "needed",
     check_root=partial(demo_people_part, part="CIHP", generate=False),

@@ -154,7 +154,7 @@ def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[
 FOLDER = register_layout(Layout("folder", TREE, "voc", _detect, _scan_splits))
 
 
-def _build(cfg: DataConfig, split: str, train: bool, task: str) -> FolderSegmentation:
+def _build(cfg: DataConfig, split: str, train: bool) -> FolderSegmentation:
     from seglab.data.transforms import build_transforms
 
     labels = config_label_set(cfg, "voc")
@@ -164,10 +164,9 @@ def _build(cfg: DataConfig, split: str, train: bool, task: str) -> FolderSegment
 
 register_dataset(
     "folder",
-    tasks=("semantic",),
+    builders={"semantic": _build},
     label_set="voc",
     layouts=(FOLDER,),
-    build=_build,
     summary="one's own images and masks paired by stem; set `data.palette` to a label set with its classes",
 )
 

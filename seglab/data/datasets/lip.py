@@ -270,14 +270,13 @@ def lip_dataset(
     cfg: DataConfig,
     split: str,
     train: bool,
-    task: str = "parsing",
     *,
     label_set: str = "lip",
     root: Callable[[DataConfig], str | Path] = config_root,
 ) -> LIPDataset:
     """A LIP-layout split (LIP, ATR, Pascal-Person-Part, the demo people) with the label set of ``data.palette``
-    (its default "voc": ``label_set``) and :func:`~seglab.data.parsing_transforms.build_parsing_transform`, for
-    the semantic or parsing ``task``; ``root(cfg)`` is called last, as it may generate data."""
+    (its default "voc": ``label_set``) and :func:`~seglab.data.parsing_transforms.build_parsing_transform` (the
+    items of the semantic and the parsing task); ``root(cfg)`` is called last, as it may generate data."""
     from seglab.data.parsing_transforms import build_parsing_transform
 
     if cfg.with_humans:
@@ -295,10 +294,9 @@ for _name, _summary in (
 ):
     register_dataset(
         _name,
-        tasks=("semantic", "parsing"),
+        builders=dict.fromkeys(("semantic", "parsing"), partial(lip_dataset, label_set=_name)),
         label_set=_name,
         layouts=(LIP,),
-        build=partial(lip_dataset, label_set=_name),
         summary=_summary,
     )
 

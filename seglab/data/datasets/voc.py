@@ -213,7 +213,7 @@ def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[
 VOC = register_layout(Layout("voc", TREE, "voc", _detect, _scan_splits))
 
 
-def _build(cfg: DataConfig, split: str, train: bool, task: str) -> VOCSegmentation:
+def _build(cfg: DataConfig, split: str, train: bool) -> VOCSegmentation:
     from seglab.data.transforms import build_transforms
 
     labels = config_label_set(cfg, "voc")
@@ -224,10 +224,9 @@ def _build(cfg: DataConfig, split: str, train: bool, task: str) -> VOCSegmentati
 
 register_dataset(
     "voc",
-    tasks=("semantic",),
+    builders={"semantic": _build},
     label_set="voc",
     layouts=(VOC,),
-    build=_build,
     summary="PASCAL VOC 2012 (`data.root`: the VOC2012 folder), plus SBD's training labels from `data.sbd_root`",
 )
 
