@@ -27,6 +27,7 @@ import copy
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -196,6 +197,7 @@ def environment(s: Settings, commit: str | None) -> Result:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit or "unknown",
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
         "device": s.device, "cuda_available": cuda, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
@@ -252,13 +254,27 @@ def train_steps(s: Settings, root: Path, work: Path) -> Result:
 
 
 def torchrun(args: list[str], timeout: int) -> float:
-    """Run ``torchrun --standalone --nproc_per_node=1 ARGS`` from the repository root; returns its seconds."""
+    """Run ``torchrun --standalone --nproc_per_node=1 ARGS`` from the repository root; returns its seconds.
+
+    After ``timeout`` seconds torchrun is told to stop its worker (one left behind would hold the GPU through the
+    sections that follow)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", *args]
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)  # torchrun stops its workers (their own sessions) on SIGTERM
+        try:
+            output = proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output = ""
+        raise RuntimeError(f"torchrun {' '.join(args)}: stopped after {timeout} s\n{output[-2000:]}") from None
     if proc.returncode:
-        raise RuntimeError(f"torchrun {' '.join(args)}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-2000:]}")
+        raise RuntimeError(f"torchrun {' '.join(args)}: exit {proc.returncode}\n{output[-2000:]}")
     return time.perf_counter() - t0
 
 
