@@ -16,8 +16,8 @@ settings (the test suite runs it):
 
     PYTHONPATH=. python3 scripts/gpu_check.py --out OUT
 
-pycocotools is not needed: where it is missing, a numpy stand-in for the three functions the demo data generator
-calls (its COCO instance annotations, which the semantic runs never read) is installed first.
+It needs seglab's own dependencies, pycocotools included (the demo data generator writes COCO annotations too): where
+the GPU machine lacks a package, carry its wheel (the device tool's notes say how).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 import traceback
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seglab.demo import DEMO_CONFIG  # may move (issue 14): the one seglab.demo import of this script
+from seglab.demos.semantic import DEMO_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = "PYTHONPATH=. python3 scripts/gpu_check.py --out OUT"
@@ -127,45 +126,7 @@ def median_ms(fn: Callable[[], Any], device: torch.device, reps: int, warmup: in
     return statistics.median(times) * 1e3
 
 
-# -- demo data without pycocotools -----------------------------------------------------------------------------------
-def rle_encode(mask: np.ndarray) -> Result:
-    """pycocotools.mask.encode of one HxW mask: COCO's compressed RLE (column-major runs, starting with zeros;
-    each count from the third on written as the difference to the count two before, in 5-bit groups + 48)."""
-    flat = np.asarray(mask, dtype=np.uint8).ravel(order="F")
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
-    counts = ([0] if flat.size and flat[0] else []) + np.diff(bounds).tolist()
-    chars = []
-    for i, count in enumerate(counts):
-        x, more = count - counts[i - 2] if i > 2 else count, True
-        while more:
-            c, x = x & 0x1F, x >> 5
-            more = x != -1 if c & 0x10 else x != 0
-            chars.append(chr((c | 0x20 if more else c) + 48))
-    return {"size": list(mask.shape[:2]), "counts": "".join(chars).encode("ascii"), "mask": np.asarray(mask)}
-
-
-def rle_bbox(rle: Result) -> list[float]:
-    ys, xs = np.nonzero(rle["mask"])
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-
-
-def install_coco_mask_fallback() -> bool:
-    """Where pycocotools cannot be imported, put a stand-in ``pycocotools.mask`` (encode, area, toBbox of what
-    encode returned) in sys.modules for the demo generator; returns whether it did."""
-    try:
-        import pycocotools.mask  # noqa: F401
-
-        return False
-    except ImportError:
-        mask = types.ModuleType("pycocotools.mask")
-        mask.encode, mask.toBbox = rle_encode, rle_bbox
-        mask.area = lambda rle: int(np.count_nonzero(rle["mask"]))
-        package = types.ModuleType("pycocotools")
-        package.mask = mask
-        sys.modules.update({"pycocotools": package, "pycocotools.mask": mask})
-        return True
-
-
+# -- demo data -------------------------------------------------------------------------------------------------------
 def demo_data(s: Settings, work: Path) -> Path:
     from seglab.data.datasets.demo import ensure_demo_data, generate_demo_data
 
@@ -304,7 +265,7 @@ def ddp_worker(s: Settings, out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from seglab.losses import SegmentationLoss
-    from seglab.registry import create_model
+    from seglab.models import create_model
 
     cuda = s.device == "cuda"
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
@@ -508,9 +469,8 @@ def main(argv: list[str] | None = None) -> Result:
         return data["root"]
 
     def data_section() -> Result:
-        fallback = install_coco_mask_fallback()
         data["root"] = demo_data(s, work)
-        return {"images": len(list((data["root"] / "JPEGImages").iterdir())), "pycocotools_fallback": fallback}
+        return {"images": len(list((data["root"] / "JPEGImages").iterdir()))}
 
     try:
         section("environment", lambda: environment(s, args.commit))
