@@ -626,11 +626,11 @@ def build_parsing_criterion(cfg: Config) -> torch.nn.Module:
 
         return CE2PLoss(k)
     if name == "jppnet":
-        from seglab.pose import JPPNetLoss
+        from seglab.models.parsing.pose import JPPNetLoss
 
         return JPPNetLoss()
     if name == "ss_jppnet":
-        from seglab.pose import SSJPPNetLoss
+        from seglab.models.parsing.pose import SSJPPNetLoss
 
         return SSJPPNetLoss()
     if name == "pgn":
