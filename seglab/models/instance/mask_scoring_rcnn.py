@@ -40,14 +40,13 @@ from torch.nn import functional as F
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import (
     RoIHeads,
-    fastrcnn_loss,
     maskrcnn_inference,
     maskrcnn_loss,
     project_masks_on_boxes,
 )
-from torchvision.ops import MultiScaleRoIAlign
 
-from seglab.models.instance.mask_rcnn import build_fpn_backbone
+from seglab.models.instance.mask_rcnn import build_mask_rcnn
+from seglab.models.roi_heads import BoxBranchRoIHeads
 from seglab.registry import register_model
 
 __all__ = [
@@ -133,7 +132,7 @@ def maskiou_targets(mask_logits_of_target_class: Tensor, mask_targets: Tensor, m
     return intersection / union
 
 
-class MaskScoringRoIHeads(RoIHeads):
+class MaskScoringRoIHeads(BoxBranchRoIHeads):
     """torchvision's ``RoIHeads`` (boxes + masks) with a MaskIoU head; keypoints are not supported."""
 
     def __init__(self, *args: Any, maskiou_head: MaskIoUHead, **kwargs: Any) -> None:
@@ -145,21 +144,8 @@ class MaskScoringRoIHeads(RoIHeads):
     @classmethod
     def from_roi_heads(cls, heads: RoIHeads, maskiou_head: MaskIoUHead) -> MaskScoringRoIHeads:
         """The same box and mask modules and settings as ``heads``, plus ``maskiou_head``."""
-        return cls(
-            heads.box_roi_pool,
-            heads.box_head,
-            heads.box_predictor,
-            heads.proposal_matcher.high_threshold,
-            heads.proposal_matcher.low_threshold,
-            heads.fg_bg_sampler.batch_size_per_image,
-            heads.fg_bg_sampler.positive_fraction,
-            heads.box_coder.weights,
-            heads.score_thresh,
-            heads.nms_thresh,
-            heads.detections_per_img,
-            mask_roi_pool=heads.mask_roi_pool,
-            mask_head=heads.mask_head,
-            mask_predictor=heads.mask_predictor,
+        return super().from_roi_heads(
+            heads, mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor,
             maskiou_head=maskiou_head,
         )
 
@@ -172,22 +158,12 @@ class MaskScoringRoIHeads(RoIHeads):
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """Box and mask branches as torchvision's ``RoIHeads``; adds ``loss_maskiou`` or ``mask_scores``."""
         if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            self.check_targets(targets)
-            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)
-
-        if self.training:
-            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            proposals, matched_idxs, labels, box_losses = self.box_losses(features, proposals, image_shapes, targets)
             positives = [torch.where(image_labels > 0)[0] for image_labels in labels]
             mask_proposals = [p[pos] for p, pos in zip(proposals, positives, strict=True)]
             pos_matched_idxs = [m[pos] for m, pos in zip(matched_idxs, positives, strict=True)]
         else:
-            boxes, scores, det_labels = self.postprocess_detections(
-                class_logits, box_regression, proposals, image_shapes
-            )
+            boxes, scores, det_labels = self.box_detections(features, proposals, image_shapes)
             mask_proposals = boxes
 
         roi_features = self.mask_roi_pool(features, mask_proposals, image_shapes)
@@ -220,12 +196,7 @@ class MaskScoringRoIHeads(RoIHeads):
                 ratios = torch.cat([mask_ratios(m, p, i) for m, p, i in groups])
                 iou_targets = maskiou_targets(target_logits, projected, ratios)
             loss_maskiou = F.mse_loss(maskiou, iou_targets)
-        return [], {
-            "loss_classifier": loss_classifier,
-            "loss_box_reg": loss_box_reg,
-            "loss_mask": loss_mask,
-            "loss_maskiou": loss_maskiou,
-        }
+        return [], {**box_losses, "loss_mask": loss_mask, "loss_maskiou": loss_maskiou}
 
 
 class MaskScoringRCNN(MaskRCNN):
@@ -263,14 +234,11 @@ def mask_scoring_rcnn_resnet50_fpn(
 ) -> MaskScoringRCNN:
     """Mask Scoring R-CNN on ResNet-50-FPN; ``kwargs`` go to torchvision's ``MaskRCNN`` (``min_size``, ...).
 
-    The backbone is :func:`~seglab.models.instance.mask_rcnn.build_fpn_backbone`'s (as ``mask_rcnn_resnet50_fpn``:
+    Built as ``mask_rcnn_resnet50_fpn`` (:func:`~seglab.models.instance.mask_rcnn.build_mask_rcnn`;
     FrozenBatchNorm2d unless ``frozen_bn=False``). Images are 0-1 RGB, normalised inside
     (``GeneralizedRCNNTransform``).
     """
-    backbone, featmap_names = build_fpn_backbone(
-        "resnet50", pretrained_backbone=pretrained_backbone, trainable_layers=trainable_backbone_layers,
-        frozen_bn=frozen_bn,
+    return build_mask_rcnn(
+        "resnet50", num_classes=num_classes, pretrained_backbone=pretrained_backbone,
+        trainable_layers=trainable_backbone_layers, frozen_bn=frozen_bn, model_class=MaskScoringRCNN, **kwargs,
     )
-    mask_roi_pool = MultiScaleRoIAlign(featmap_names=featmap_names, output_size=14, sampling_ratio=2)
-    kwargs.setdefault("mask_roi_pool", mask_roi_pool)
-    return MaskScoringRCNN(backbone, num_classes=num_classes, **kwargs)
