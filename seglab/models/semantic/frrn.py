@@ -64,9 +64,7 @@ class ResidualUnit(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv1 = ConvBNAct(in_channels, out_channels, 3)
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
-        )
+        self.conv2 = ConvBNAct(out_channels, out_channels, 3, act=None)
         self.projection = (
             nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1, bias=False)
         )
@@ -119,9 +117,9 @@ class FRRN(nn.Module):
         base, lanes = BASE_CHANNELS, RESIDUAL_CHANNELS
         self.divisor = max(scale for _, _, scale in encoder)
         self.stem = nn.Sequential(
-            ConvBNAct(in_channels, base, 5, padding=2), *(ResidualUnit(base, base) for _ in range(3))
+            ConvBNAct(in_channels, base, 5), *(ResidualUnit(base, base) for _ in range(3))
         )
-        self.split = nn.Sequential(nn.Conv2d(base, lanes, 1, bias=False), nn.BatchNorm2d(lanes))
+        self.split = ConvBNAct(base, lanes, 1, act=None)
         groups, channels = [], base
         for units, out_channels, scale in encoder:
             groups.append(_group(channels, units, out_channels, scale))
