@@ -46,7 +46,7 @@ from torchvision.models.detection.roi_heads import (
 )
 
 from seglab.models.instance.mask_rcnn import build_mask_rcnn
-from seglab.models.roi_heads import BoxBranchRoIHeads
+from seglab.models.roi_heads import BoxBranchRoIHeads, Detections, Sampled
 from seglab.registry import register_model
 
 __all__ = [
@@ -133,7 +133,8 @@ def maskiou_targets(mask_logits_of_target_class: Tensor, mask_targets: Tensor, m
 
 
 class MaskScoringRoIHeads(BoxBranchRoIHeads):
-    """torchvision's ``RoIHeads`` (boxes + masks) with a MaskIoU head; keypoints are not supported."""
+    """torchvision's ``RoIHeads`` (boxes + masks) with a MaskIoU head; keypoints are not supported. Box and mask
+    branches as torchvision's; training adds ``loss_maskiou``, eval ``mask_scores``."""
 
     def __init__(self, *args: Any, maskiou_head: MaskIoUHead, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -149,37 +150,23 @@ class MaskScoringRoIHeads(BoxBranchRoIHeads):
             maskiou_head=maskiou_head,
         )
 
-    def forward(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Box and mask branches as torchvision's ``RoIHeads``; adds ``loss_maskiou`` or ``mask_scores``."""
-        if self.training:
-            proposals, matched_idxs, labels, box_losses = self.box_losses(features, proposals, image_shapes, targets)
-            positives = [torch.where(image_labels > 0)[0] for image_labels in labels]
-            mask_proposals = [p[pos] for p, pos in zip(proposals, positives, strict=True)]
-            pos_matched_idxs = [m[pos] for m, pos in zip(matched_idxs, positives, strict=True)]
-        else:
-            boxes, scores, det_labels = self.box_detections(features, proposals, image_shapes)
-            mask_proposals = boxes
-
-        roi_features = self.mask_roi_pool(features, mask_proposals, image_shapes)
+    def _mask_branch(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The RoI features of ``boxes``, their mask logits and the RoI index ``arange(R)``."""
+        roi_features = self.mask_roi_pool(features, boxes, image_shapes)
         mask_logits = self.mask_predictor(self.mask_head(roi_features))
-        index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
+        return roi_features, mask_logits, torch.arange(mask_logits.shape[0], device=mask_logits.device)
 
-        if not self.training:
-            flat_labels = torch.cat(det_labels)
-            maskiou = self.maskiou_head(roi_features, mask_logits[index, flat_labels][:, None].sigmoid())
-            maskiou = maskiou[index, flat_labels].split([len(b) for b in boxes])
-            masks = maskrcnn_inference(mask_logits, det_labels)
-            return [
-                {"boxes": b, "labels": lab, "scores": s, "masks": m, "mask_scores": s * iou}
-                for b, lab, s, m, iou in zip(boxes, det_labels, scores, masks, maskiou, strict=True)
-            ], {}
-
+    def branch_losses(
+        self, features: dict[str, Tensor], image_shapes: list[tuple[int, int]], sampled: Sampled,
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """torchvision's ``loss_mask`` on the positive proposals, and ``loss_maskiou``."""
+        positives = [torch.where(image_labels > 0)[0] for image_labels in sampled.labels]
+        mask_proposals = [p[pos] for p, pos in zip(sampled.proposals, positives, strict=True)]
+        pos_matched_idxs = [m[pos] for m, pos in zip(sampled.matched_idxs, positives, strict=True)]
+        roi_features, mask_logits, index = self._mask_branch(features, mask_proposals, image_shapes)
         gt_masks = [t["masks"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
         loss_mask = maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels, pos_matched_idxs)
@@ -196,7 +183,19 @@ class MaskScoringRoIHeads(BoxBranchRoIHeads):
                 ratios = torch.cat([mask_ratios(m, p, i) for m, p, i in groups])
                 iou_targets = maskiou_targets(target_logits, projected, ratios)
             loss_maskiou = F.mse_loss(maskiou, iou_targets)
-        return [], {**box_losses, "loss_mask": loss_mask, "loss_maskiou": loss_maskiou}
+        return {"loss_mask": loss_mask, "loss_maskiou": loss_maskiou}
+
+    def branch_outputs(
+        self, features: dict[str, Tensor], image_shapes: list[tuple[int, int]], detections: Detections
+    ) -> list[dict[str, Tensor]]:
+        """Per image the ``masks`` (torchvision's) and ``mask_scores`` = box score x predicted MaskIoU."""
+        boxes, scores, labels = detections
+        roi_features, mask_logits, index = self._mask_branch(features, boxes, image_shapes)
+        flat_labels = torch.cat(labels)
+        maskiou = self.maskiou_head(roi_features, mask_logits[index, flat_labels][:, None].sigmoid())
+        maskiou = maskiou[index, flat_labels].split([len(b) for b in boxes])
+        masks = maskrcnn_inference(mask_logits, labels)
+        return [{"masks": m, "mask_scores": s * iou} for s, m, iou in zip(scores, masks, maskiou, strict=True)]
 
 
 class MaskScoringRCNN(MaskRCNN):

@@ -61,7 +61,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from seglab.errors import DatasetError
 from seglab.models.backbones.fpn import build_fpn_backbone
 from seglab.models.layers import ConvBNAct
-from seglab.models.roi_heads import BoxBranchRoIHeads
+from seglab.models.roi_heads import BoxBranchRoIHeads, Detections, Sampled
 from seglab.registry import register_model
 
 __all__ = [
@@ -258,10 +258,9 @@ class ParsingRoIHeads(BoxBranchRoIHeads):
         """Parsing logits [R, C, M, M] of the RoIs ``boxes`` (one tensor of x1y1x2y2 per image)."""
         return self.parsing_predictor(self.parsing_head(self.parsing_roi_pool(features, boxes, image_shapes)))
 
-    def _sample_parsing_rois(self, proposals: list[Tensor], labels: list[Tensor],
-                             matched_idxs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _sample_parsing_rois(self, sampled: Sampled) -> tuple[list[Tensor], list[Tensor]]:
         rois, idxs = [], []
-        for p, lab, m in zip(proposals, labels, matched_idxs, strict=True):
+        for p, lab, m in zip(sampled.proposals, sampled.labels, sampled.matched_idxs, strict=True):
             positive = torch.where(lab > 0)[0]
             limit = self.parsing_rois_per_image
             if limit is not None and 0 <= limit < positive.numel():
@@ -270,25 +269,12 @@ class ParsingRoIHeads(BoxBranchRoIHeads):
             idxs.append(m[positive])
         return rois, idxs
 
-    def forward(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Box branch as torchvision's ``RoIHeads``, then the parsing branch on the positives / detections."""
-        if not self.training:
-            boxes, scores, det_labels = self.box_detections(features, proposals, image_shapes)
-            probs = self.parsing_logits(features, boxes, image_shapes).softmax(dim=1)
-            probs = probs.split([len(b) for b in boxes])
-            return [
-                {"boxes": b, "labels": lab, "scores": s, "parsing_probs": p}
-                for b, lab, s, p in zip(boxes, det_labels, scores, probs, strict=True)
-            ], {}
-
-        proposals, matched_idxs, labels, box_losses = self.box_losses(features, proposals, image_shapes, targets)
-        rois, roi_matched = self._sample_parsing_rois(proposals, labels, matched_idxs)
+    def branch_losses(
+        self, features: dict[str, Tensor], image_shapes: list[tuple[int, int]], sampled: Sampled,
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """``loss_parsing`` on at most ``parsing_rois_per_image`` random positives per image."""
+        rois, roi_matched = self._sample_parsing_rois(sampled)
         logits = self.parsing_logits(features, rois, image_shapes)
         with torch.no_grad():
             parsing_targets = []
@@ -302,7 +288,14 @@ class ParsingRoIHeads(BoxBranchRoIHeads):
             loss_parsing = logits.sum() * 0
         else:
             loss_parsing = F.cross_entropy(logits, parsing_targets, ignore_index=255) * self.parsing_loss_weight
-        return [], {**box_losses, "loss_parsing": loss_parsing}
+        return {"loss_parsing": loss_parsing}
+
+    def branch_outputs(
+        self, features: dict[str, Tensor], image_shapes: list[tuple[int, int]], detections: Detections
+    ) -> list[dict[str, Tensor]]:
+        """Per image the detected persons' ``parsing_probs`` [N, C, M, M] (softmax over the parts)."""
+        probs = self.parsing_logits(features, detections.boxes, image_shapes).softmax(dim=1)
+        return [{"parsing_probs": p} for p in probs.split([len(b) for b in detections.boxes])]
 
 
 class ParsingRCNN(FasterRCNN):

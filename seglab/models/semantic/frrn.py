@@ -152,33 +152,22 @@ class FRRN(nn.Module):
         return self.classifier(x)[..., :h, :w]
 
 
-_PAPER = "Full-Resolution Residual Networks for Semantic Segmentation in Street Scenes"
-_URL = "https://arxiv.org/abs/1611.08323"
+_PAPER = {
+    "task": "semantic",
+    "paper": "Full-Resolution Residual Networks for Semantic Segmentation in Street Scenes",
+    "year": 2017,
+    "url": "https://arxiv.org/abs/1611.08323",
+    "paper_kwargs": {"num_classes": 19},
+}
 
 
-@register_model(
-    task="semantic",
-    paper=_PAPER,
-    year=2017,
-    input_size=(256, 512),
-    url=_URL,
-    paper_kwargs={"num_classes": 19},
-    paper_params=17_712_243,
-)
+@register_model(**_PAPER, input_size=(256, 512), paper_params=17_712_243)
 def frrn_a(*, num_classes: int = 19, in_channels: int = 3) -> FRRN:
     """FRRN A (four pooling steps, trained at a quarter of Cityscapes' resolution); Cityscapes' 19 classes."""
     return FRRN(num_classes=num_classes, encoder=FRRN_A_ENCODER, decoder=FRRN_A_DECODER, in_channels=in_channels)
 
 
-@register_model(
-    task="semantic",
-    paper=_PAPER,
-    year=2017,
-    input_size=(512, 1024),
-    url=_URL,
-    paper_kwargs={"num_classes": 19},
-    paper_params=24_721_139,
-)
+@register_model(**_PAPER, input_size=(512, 1024), paper_params=24_721_139)
 def frrn_b(*, num_classes: int = 19, in_channels: int = 3) -> FRRN:
     """FRRN B (five pooling steps, trained at half of Cityscapes' resolution); Cityscapes' 19 classes."""
     return FRRN(num_classes=num_classes, encoder=FRRN_B_ENCODER, decoder=FRRN_B_DECODER, in_channels=in_channels)
