@@ -79,8 +79,9 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
 
 def _conv_abn(in_channels: int, out_channels: int, kernel_size: int = 1) -> ConvBNAct:
-    """Conv (no bias) + :class:`BatchNormAct2d`: SCHP's conv + ``InPlaceABNSync``. The activation is fused in the
-    norm layer, not a third module, so the keys are SCHP's ``<i>.weight`` / ``<i+1>.running_mean`` pairs."""
+    """Conv (no bias) + :class:`BatchNormAct2d`: SCHP's conv followed by ``InPlaceABNSync``. Its leaky ReLU is part
+    of the norm layer, not a module after it (ConvBNAct's ``norm`` is BatchNormAct2d, ``act`` None), so the modules
+    and keys map one to one onto SCHP's."""
     return ConvBNAct(in_channels, out_channels, kernel_size, norm=BatchNormAct2d, act=None)
 
 
