@@ -21,10 +21,9 @@ smp: smp refuses sizes that are not multiples of 32; here the input is zero-padd
 multiple of 32 and the logits are cropped back, so any size works (at multiples of 32 the outputs are smp's).
 The model returns the logits Tensor in train and eval mode (no aux head).
 
-Parameters (``sum(p.numel())``, equal to smp 0.6.0's ``Unet(name, encoder_weights=None, classes=K)``): at 21
-classes unet_resnet18 14,331,109, unet_resnet34 24,439,269, unet_resnet50 32,524,005; at 19 classes (the
-setting of the smp reference counts, which are ``paper_params``) 14,330,819, 24,438,979 and
-32,523,715.
+Parameters (``sum(p.numel())``, equal to smp 0.6.0's ``Unet(name, encoder_weights=None, classes=K)``): at 21 classes
+unet_resnet18 14,331,109, unet_resnet34 24,439,269, unet_resnet50 32,524,005; at 19 classes (the setting of the smp
+reference counts, which are ``paper_params``) 14,330,819, 24,438,979 and 32,523,715.
 """
 
 from __future__ import annotations
