@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from seglab.errors import ConfigError
-from seglab.pose import (
+from seglab.models.parsing.pose import (
     PSEUDO_JOINT_GROUPS,
     JPPNetLoss,
     SSJPPNetLoss,

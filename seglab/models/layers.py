@@ -2,13 +2,16 @@
 
 - :func:`bilinear_kernel` and :class:`BilinearDeconv2d`: the bilinear-initialised transposed convolution of
   FCN (Caffe ``Deconvolution`` + ``surgery.interp``), fixed (a buffer) or learnable (a parameter).
-- :class:`ConvBNAct` and :class:`DoubleConv`: convolution (+ BatchNorm) + ReLU, and the U-Net pair of them.
+- :class:`ConvBNAct` and :class:`DoubleConv`: convolution (+ norm) (+ activation), and the U-Net pair of them.
+- :func:`seg_output`: the output contract of the models with auxiliary outputs (eval: logits; train: a dict).
 - :func:`resize_logits`: the final bilinear upsampling of class scores to the input size, in float32.
 
 Everything here is built with torch ops only, so it can be constructed on the ``meta`` device.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,18 +64,63 @@ class BilinearDeconv2d(nn.Module):
         return f"{self.weight.shape[0]}, kernel_size={self.kernel_size}, stride={self.stride}, learnable={learnable}"
 
 
+Activation = Callable[[], nn.Module]
+Norm = Callable[[int], nn.Module]
+
+
 class ConvBNAct(nn.Sequential):
-    """``Conv2d`` (+ ``BatchNorm2d``) + ``ReLU``; the conv has a bias only when there is no BatchNorm."""
+    """``Conv2d`` (or ``ConvTranspose2d``), then a norm layer, then an activation: the conv unit of every family.
+
+    An ``nn.Sequential`` with the conv at index 0, the norm at 1 when there is one and the activation after, so
+    the state-dict keys are ``0.weight`` (``0.bias``), ``1.weight``, ``1.running_mean`` ...; unpacking it
+    (``nn.Sequential(*ConvBNAct(...), extra)``) keeps those indices in a longer Sequential.
+
+    Args:
+        kernel_size: an int or an (h, w) pair (asymmetric kernels).
+        padding: ``None`` pads to keep the size at stride 1: ``dilation * (k - 1) // 2`` per axis.
+        norm: a factory ``norm(out_channels)`` (``nn.BatchNorm2d`` by default, ``partial(nn.GroupNorm, 32)``, a
+            fused BN + activation ...) or ``None`` for no norm layer.
+        bias: the conv's bias; ``None`` gives it a bias only when there is no norm layer.
+        act: ``"relu"`` (``nn.ReLU(inplace=True)``, the default), ``None`` for no activation, or a factory called
+            with no argument (``nn.PReLU``, ``partial(nn.LeakyReLU, 0.01, inplace=True)`` ...).
+        transposed: a ``ConvTranspose2d`` (learned upsampling) instead of a ``Conv2d``.
+    """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, *, padding: int = 1, batch_norm: bool = True
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        *,
+        stride: int = 1,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        norm: Norm | None = nn.BatchNorm2d,
+        bias: bool | None = None,
+        act: str | Activation | None = "relu",
+        transposed: bool = False,
     ) -> None:
+        if padding is None:
+            kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+            padding = tuple(dilation * (k - 1) // 2 for k in kernel)
+        if bias is None:
+            bias = norm is None
+        conv_type = nn.ConvTranspose2d if transposed else nn.Conv2d
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=not batch_norm)
+            conv_type(
+                in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                groups=groups, bias=bias,
+            )
         ]
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(out_channels))
-        layers.append(nn.ReLU(inplace=True))
+        if norm is not None:
+            layers.append(norm(out_channels))
+        if act == "relu":
+            layers.append(nn.ReLU(inplace=True))
+        elif isinstance(act, str):
+            raise ValueError(f"act must be 'relu', None or a module factory, got {act!r}")
+        elif act is not None:
+            layers.append(act())
         super().__init__(*layers)
 
 
@@ -81,10 +129,29 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, *, padding: bool = True, batch_norm: bool = True) -> None:
         pad = 1 if padding else 0
+        norm = nn.BatchNorm2d if batch_norm else None
         super().__init__(
-            ConvBNAct(in_channels, out_channels, 3, padding=pad, batch_norm=batch_norm),
-            ConvBNAct(out_channels, out_channels, 3, padding=pad, batch_norm=batch_norm),
+            ConvBNAct(in_channels, out_channels, 3, padding=pad, norm=norm),
+            ConvBNAct(out_channels, out_channels, 3, padding=pad, norm=norm),
         )
+
+
+def seg_output(
+    out: Tensor, aux: Sequence[Tensor] | None = None, *, training: bool, **extra: Tensor | list[Tensor]
+) -> Tensor | dict[str, Tensor | list[Tensor]]:
+    """seglab's output contract of a semantic (or parsing) network with auxiliary outputs.
+
+    Eval mode: the logits ``out``. Train mode: ``{"out": out, "aux": list(aux), **extra}`` (no ``"aux"`` when
+    ``aux`` is None), or ``out`` alone when there is neither ``aux`` nor ``extra`` (a model built without its
+    aux head). The losses (:mod:`seglab.losses`) read that dict.
+    """
+    if not training or (aux is None and not extra):
+        return out
+    outputs: dict[str, Tensor | list[Tensor]] = {"out": out}
+    if aux is not None:
+        outputs["aux"] = list(aux)
+    outputs.update(extra)
+    return outputs
 
 
 def resize_logits(logits: Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = False) -> Tensor:

@@ -8,8 +8,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 import seglab
 from seglab.errors import CheckpointError, ConfigError
 from seglab.model_table import count_at_paper_setting
+from seglab.models.backbones.fpn import build_fpn_backbone
 from seglab.models.instance.mask_rcnn import (
-    build_fpn_backbone,
     mask_rcnn_mobilenet_v3_fpn,
     mask_rcnn_resnet50_fpn,
     mask_rcnn_resnet101_fpn,

@@ -7,7 +7,7 @@ from torch import nn
 
 from seglab.errors import CheckpointError
 from seglab.models.parsing.jppnet import JPPNet, SSJPPNet, jppnet, ss_jppnet
-from seglab.pose import JPPNetLoss, SSJPPNetLoss
+from seglab.models.parsing.pose import JPPNetLoss, SSJPPNetLoss
 from seglab.registry import count_parameters, model_info
 
 

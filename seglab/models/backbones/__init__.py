@@ -1,7 +1,16 @@
 """Backbones: thin wrappers over torchvision models, and the loading of their pretrained weights.
 
 A backbone is always built as the torchvision module first (``weights=None``), so a published torchvision
-checkpoint loads into it unchanged; the segmentation model then takes its stages apart.
+checkpoint loads into it unchanged; the segmentation model then takes its stages apart. One module per kind, used
+by every family that needs it (model files import their backbone from here, never from another family):
+
+- :mod:`~seglab.models.backbones.resnet`: torchvision's ResNet at output stride 32/16/8 (DeepLab dilation,
+  Multi-grid), and SCHP's deep-stem ResNet with CSAIL's weights;
+- :mod:`~seglab.models.backbones.vgg`: VGG16 (stages, fc6/fc7 as convs, DeepLab-LargeFOV's dilated features) and
+  VGG16-BN;
+- :mod:`~seglab.models.backbones.mobilenetv3`: dilated MobileNetV3-Large/Small features;
+- :mod:`~seglab.models.backbones.swin`: Swin-T/S/B stage features;
+- :mod:`~seglab.models.backbones.fpn`: torchvision's FPN backbones of the R-CNNs.
 
 ``pretrained_backbone`` (the option of every factory with a backbone) is resolved by
 :func:`load_backbone_weights`:

@@ -5,7 +5,9 @@ The network is torchvision's own module (``weights=None``), so torchvision's Ima
 (``features.*``, ``classifier.*``; 138,357,544 parameters, 14,714,688 of them in ``features``) loads into
 it unchanged. :class:`VGG16Encoder` then takes it apart: the stages ending at pool3 / pool4 / pool5
 (:func:`vgg16_stages`) and, for fully convolutional use, the classifier's fc6/fc7 turned into a 7x7 and a
-1x1 convolution carrying the Linear weights (:func:`classifier_to_conv`).
+1x1 convolution carrying the Linear weights (:func:`classifier_to_conv`). :func:`dilated_vgg16_features` is
+DeepLab-LargeFOV's output-stride-8 VGG16 (pool4/pool5 stride 1, conv5 dilated 2), for DeepLabv3-VGG16 and
+SS-JPPNet; :func:`vgg16_bn` the BatchNorm variant SegNet's encoder is cut from.
 """
 
 from __future__ import annotations
@@ -13,12 +15,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import Tensor, nn
-from torchvision.models import VGG, VGG16_Weights
+from torchvision.models import VGG, VGG16_BN_Weights, VGG16_Weights
 from torchvision.models import vgg16 as tv_vgg16
+from torchvision.models import vgg16_bn as tv_vgg16_bn
+from torchvision.models._utils import IntermediateLayerGetter
 
 from seglab.models.backbones import load_backbone_weights
 
-__all__ = ["VGG16_STAGE_ENDS", "VGG16Encoder", "classifier_to_conv", "vgg16", "vgg16_stages"]
+__all__ = [
+    "VGG16_STAGE_ENDS",
+    "VGG16Encoder",
+    "classifier_to_conv",
+    "dilated_vgg16_features",
+    "vgg16",
+    "vgg16_bn",
+    "vgg16_stages",
+]
 
 # End (exclusive) of each pooling stage in torchvision's ``vgg16().features``: the max-pools sit at indices
 # 4, 9, 16, 23 and 30.
@@ -29,6 +41,13 @@ def vgg16(*, pretrained: bool | str = False) -> VGG:
     """torchvision's VGG16, with ``pretrained`` weights loaded as :func:`load_backbone_weights` resolves them."""
     model = tv_vgg16(weights=None)
     load_backbone_weights(model, pretrained, torchvision_weights=VGG16_Weights)
+    return model
+
+
+def vgg16_bn(*, pretrained: bool | str = False) -> VGG:
+    """torchvision's VGG16 with BatchNorm after every conv (``vgg16_bn``), ``pretrained`` as for :func:`vgg16`."""
+    model = tv_vgg16_bn(weights=None)
+    load_backbone_weights(model, pretrained, torchvision_weights=VGG16_BN_Weights)
     return model
 
 
@@ -45,6 +64,22 @@ def vgg16_stages(features: nn.Sequential, ends: Sequence[str] = ("pool3", "pool4
         stages.append(features[start:end])
         start = end
     return stages
+
+
+def dilated_vgg16_features(*, pretrained: bool | str = False) -> IntermediateLayerGetter:
+    """torchvision's VGG16 ``features`` at output stride 8, as DeepLab-LargeFOV (v1/v2) sets them.
+
+    pool4 and pool5 become 3x3 max-pools with stride 1 and padding 1, and conv5_1..conv5_3 are dilated 2
+    (padding 2), so pool5 ("out", 512 channels) is at 1/8 of the input. The weights are torchvision's
+    (``pretrained`` loads a torchvision VGG16 state dict; its classifier is dropped).
+    """
+    features = vgg16(pretrained=pretrained).features
+    for index in (VGG16_STAGE_ENDS["pool4"] - 1, VGG16_STAGE_ENDS["pool5"] - 1):
+        features[index] = nn.MaxPool2d(3, stride=1, padding=1)
+    for layer in features[VGG16_STAGE_ENDS["pool4"] : VGG16_STAGE_ENDS["pool5"]]:
+        if isinstance(layer, nn.Conv2d):
+            layer.dilation, layer.padding = (2, 2), (2, 2)
+    return IntermediateLayerGetter(features, return_layers={str(VGG16_STAGE_ENDS["pool5"] - 1): "out"})
 
 
 def classifier_to_conv(classifier: nn.Sequential) -> tuple[nn.Conv2d, nn.Conv2d]:

@@ -43,101 +43,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-from torchvision.models import (
-    MobileNet_V3_Large_Weights,
-    ResNet50_Weights,
-    ResNet101_Weights,
-    WeightsEnum,
-    mobilenet_v3_large,
-    resnet50,
-    resnet101,
-)
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, _mobilenet_extractor, _resnet_fpn_extractor
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from seglab.errors import ConfigError
-from seglab.models.backbones import load_backbone_weights
+from seglab.models.backbones.fpn import build_fpn_backbone
 from seglab.registry import register_model
 
 __all__ = [
-    "FPN_BACKBONES",
-    "build_fpn_backbone",
+    "build_mask_rcnn",
     "mask_rcnn_mobilenet_v3_fpn",
     "mask_rcnn_resnet50_fpn",
     "mask_rcnn_resnet101_fpn",
 ]
 
-# backbone name -> (torchvision builder, its weights enum, most trainable stages, FPN levels the RoI heads pool)
-FPN_BACKBONES: dict[str, tuple[Any, type[WeightsEnum], int, list[str]]] = {
-    "resnet50": (resnet50, ResNet50_Weights, 5, ["0", "1", "2", "3"]),
-    "resnet101": (resnet101, ResNet101_Weights, 5, ["0", "1", "2", "3"]),
-    "mobilenet_v3_large": (mobilenet_v3_large, MobileNet_V3_Large_Weights, 6, ["0", "1"]),
-}
 
-
-def _classification_network(backbone: str, pretrained_backbone: bool | str, frozen_bn: bool) -> nn.Module:
-    """torchvision's classification network (FrozenBatchNorm2d or BatchNorm2d), its ImageNet weights loaded if asked."""
-    build, weights, _, _ = FPN_BACKBONES[backbone]
-    if not frozen_bn:
-        network = build(weights=None, norm_layer=nn.BatchNorm2d)  # as torchvision's detection builders (eps 1e-5)
-        load_backbone_weights(network, pretrained_backbone, torchvision_weights=weights)
-        return network
-    network = build(weights=None, norm_layer=FrozenBatchNorm2d)
-    if pretrained_backbone is None or pretrained_backbone is False:
-        return network
-    # Published files are saved from plain BatchNorm (with num_batches_tracked): load them strictly into the
-    # plain-BN network, then copy into the frozen one (FrozenBatchNorm2d drops num_batches_tracked on load).
-    plain = build(weights=None)
-    load_backbone_weights(plain, pretrained_backbone, torchvision_weights=weights)
-    network.load_state_dict(plain.state_dict())
-    return network
-
-
-def build_fpn_backbone(
-    backbone: str, *, pretrained_backbone: bool | str, trainable_layers: int, frozen_bn: bool = True
-) -> tuple[BackboneWithFPN, list[str]]:
-    """A torchvision FPN backbone (256 channels) and the names of the FPN levels the RoI heads pool.
-
-    ``backbone`` is "resnet50", "resnet101" (FPN on layer1-4, as ``maskrcnn_resnet50_fpn``) or
-    "mobilenet_v3_large" (FPN on the last two stages, as ``fasterrcnn_mobilenet_v3_large_fpn``).
-    ``trainable_layers`` counts the stages that train, from the last (ResNet 0-5, MobileNetV3 0-6).
-    ``frozen_bn`` picks FrozenBatchNorm2d (fine-tuning a pretrained backbone) or trainable BatchNorm2d.
-    """
-    if backbone not in FPN_BACKBONES:
-        raise ConfigError(f"backbone: unknown FPN backbone {backbone!r}; expected one of {', '.join(FPN_BACKBONES)}")
-    _, _, max_trainable, featmap_names = FPN_BACKBONES[backbone]
-    if not isinstance(trainable_layers, int) or not 0 <= trainable_layers <= max_trainable:
-        raise ConfigError(
-            f"trainable_backbone_layers: expected an integer in [0, {max_trainable}] for {backbone}, "
-            f"got {trainable_layers!r}"
-        )
-    network = _classification_network(backbone, pretrained_backbone, frozen_bn)
-    if backbone.startswith("resnet"):
-        body = _resnet_fpn_extractor(network, trainable_layers)
-    else:
-        body = _mobilenet_extractor(network, True, trainable_layers)
-    return body, list(featmap_names)
-
-
-def _mask_rcnn(
+def build_mask_rcnn(
     backbone: str,
     *,
     num_classes: int,
     pretrained_backbone: bool | str,
     trainable_layers: int,
     frozen_bn: bool,
+    model_class: type[MaskRCNN] = MaskRCNN,
     **kwargs: Any,
 ) -> MaskRCNN:
+    """``model_class`` (torchvision's ``MaskRCNN`` or a subclass taking its arguments) on the FPN ``backbone`` of
+    :func:`~seglab.models.backbones.fpn.build_fpn_backbone`, the mask branch pooling the FPN levels the box
+    branch pools (RoIAlign 14x14, sampling ratio 2) unless ``kwargs`` gives ``mask_roi_pool``."""
     body, featmap_names = build_fpn_backbone(
         backbone, pretrained_backbone=pretrained_backbone, trainable_layers=trainable_layers, frozen_bn=frozen_bn
     )
     mask_roi_pool = MultiScaleRoIAlign(featmap_names=featmap_names, output_size=14, sampling_ratio=2)
     kwargs.setdefault("mask_roi_pool", mask_roi_pool)
-    return MaskRCNN(body, num_classes=num_classes, **kwargs)
+    return model_class(body, num_classes=num_classes, **kwargs)
 
 
 _PAPER = {
@@ -161,7 +100,7 @@ def mask_rcnn_resnet50_fpn(
     ``box_score_thresh``, ``box_detections_per_img``, ...). 44,401,393 parameters at 91 classes (44,454,513 with
     ``frozen_bn=False``, torchvision's ``maskrcnn_resnet50_fpn(weights=None)``).
     """
-    return _mask_rcnn(
+    return build_mask_rcnn(
         "resnet50", num_classes=num_classes, pretrained_backbone=pretrained_backbone,
         trainable_layers=trainable_backbone_layers, frozen_bn=frozen_bn, **kwargs,
     )
@@ -173,7 +112,7 @@ def mask_rcnn_resnet101_fpn(
     frozen_bn: bool = True, **kwargs: Any,
 ) -> MaskRCNN:
     """Mask R-CNN, ResNet-101-FPN (the paper's main backbone); 63,341,297 parameters at 91 classes."""
-    return _mask_rcnn(
+    return build_mask_rcnn(
         "resnet101", num_classes=num_classes, pretrained_backbone=pretrained_backbone,
         trainable_layers=trainable_backbone_layers, frozen_bn=frozen_bn, **kwargs,
     )
@@ -193,7 +132,7 @@ def mask_rcnn_mobilenet_v3_fpn(
     kwargs.setdefault("rpn_score_thresh", 0.05)
     kwargs.setdefault("min_size", 320)
     kwargs.setdefault("max_size", 640)
-    return _mask_rcnn(
+    return build_mask_rcnn(
         "mobilenet_v3_large", num_classes=num_classes, pretrained_backbone=pretrained_backbone,
         trainable_layers=trainable_backbone_layers, frozen_bn=frozen_bn, **kwargs,
     )

@@ -40,14 +40,13 @@ from torch.nn import functional as F
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import (
     RoIHeads,
-    fastrcnn_loss,
     maskrcnn_inference,
     maskrcnn_loss,
     project_masks_on_boxes,
 )
-from torchvision.ops import MultiScaleRoIAlign
 
-from seglab.models.instance.mask_rcnn import build_fpn_backbone
+from seglab.models.instance.mask_rcnn import build_mask_rcnn
+from seglab.models.roi_heads import BoxBranchRoIHeads, Detections, Sampled
 from seglab.registry import register_model
 
 __all__ = [
@@ -133,8 +132,9 @@ def maskiou_targets(mask_logits_of_target_class: Tensor, mask_targets: Tensor, m
     return intersection / union
 
 
-class MaskScoringRoIHeads(RoIHeads):
-    """torchvision's ``RoIHeads`` (boxes + masks) with a MaskIoU head; keypoints are not supported."""
+class MaskScoringRoIHeads(BoxBranchRoIHeads):
+    """torchvision's ``RoIHeads`` (boxes + masks) with a MaskIoU head; keypoints are not supported. Box and mask
+    branches as torchvision's; training adds ``loss_maskiou``, eval ``mask_scores``."""
 
     def __init__(self, *args: Any, maskiou_head: MaskIoUHead, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -145,65 +145,28 @@ class MaskScoringRoIHeads(RoIHeads):
     @classmethod
     def from_roi_heads(cls, heads: RoIHeads, maskiou_head: MaskIoUHead) -> MaskScoringRoIHeads:
         """The same box and mask modules and settings as ``heads``, plus ``maskiou_head``."""
-        return cls(
-            heads.box_roi_pool,
-            heads.box_head,
-            heads.box_predictor,
-            heads.proposal_matcher.high_threshold,
-            heads.proposal_matcher.low_threshold,
-            heads.fg_bg_sampler.batch_size_per_image,
-            heads.fg_bg_sampler.positive_fraction,
-            heads.box_coder.weights,
-            heads.score_thresh,
-            heads.nms_thresh,
-            heads.detections_per_img,
-            mask_roi_pool=heads.mask_roi_pool,
-            mask_head=heads.mask_head,
-            mask_predictor=heads.mask_predictor,
+        return super().from_roi_heads(
+            heads, mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor,
             maskiou_head=maskiou_head,
         )
 
-    def forward(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Box and mask branches as torchvision's ``RoIHeads``; adds ``loss_maskiou`` or ``mask_scores``."""
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            self.check_targets(targets)
-            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)
-
-        if self.training:
-            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-            positives = [torch.where(image_labels > 0)[0] for image_labels in labels]
-            mask_proposals = [p[pos] for p, pos in zip(proposals, positives, strict=True)]
-            pos_matched_idxs = [m[pos] for m, pos in zip(matched_idxs, positives, strict=True)]
-        else:
-            boxes, scores, det_labels = self.postprocess_detections(
-                class_logits, box_regression, proposals, image_shapes
-            )
-            mask_proposals = boxes
-
-        roi_features = self.mask_roi_pool(features, mask_proposals, image_shapes)
+    def _mask_branch(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The RoI features of ``boxes``, their mask logits and the RoI index ``arange(R)``."""
+        roi_features = self.mask_roi_pool(features, boxes, image_shapes)
         mask_logits = self.mask_predictor(self.mask_head(roi_features))
-        index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
+        return roi_features, mask_logits, torch.arange(mask_logits.shape[0], device=mask_logits.device)
 
-        if not self.training:
-            flat_labels = torch.cat(det_labels)
-            maskiou = self.maskiou_head(roi_features, mask_logits[index, flat_labels][:, None].sigmoid())
-            maskiou = maskiou[index, flat_labels].split([len(b) for b in boxes])
-            masks = maskrcnn_inference(mask_logits, det_labels)
-            return [
-                {"boxes": b, "labels": lab, "scores": s, "masks": m, "mask_scores": s * iou}
-                for b, lab, s, m, iou in zip(boxes, det_labels, scores, masks, maskiou, strict=True)
-            ], {}
-
+    def branch_losses(
+        self, features: dict[str, Tensor], image_shapes: list[tuple[int, int]], sampled: Sampled,
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """torchvision's ``loss_mask`` on the positive proposals, and ``loss_maskiou``."""
+        positives = [torch.where(image_labels > 0)[0] for image_labels in sampled.labels]
+        mask_proposals = [p[pos] for p, pos in zip(sampled.proposals, positives, strict=True)]
+        pos_matched_idxs = [m[pos] for m, pos in zip(sampled.matched_idxs, positives, strict=True)]
+        roi_features, mask_logits, index = self._mask_branch(features, mask_proposals, image_shapes)
         gt_masks = [t["masks"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
         loss_mask = maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels, pos_matched_idxs)
@@ -220,12 +183,19 @@ class MaskScoringRoIHeads(RoIHeads):
                 ratios = torch.cat([mask_ratios(m, p, i) for m, p, i in groups])
                 iou_targets = maskiou_targets(target_logits, projected, ratios)
             loss_maskiou = F.mse_loss(maskiou, iou_targets)
-        return [], {
-            "loss_classifier": loss_classifier,
-            "loss_box_reg": loss_box_reg,
-            "loss_mask": loss_mask,
-            "loss_maskiou": loss_maskiou,
-        }
+        return {"loss_mask": loss_mask, "loss_maskiou": loss_maskiou}
+
+    def branch_outputs(
+        self, features: dict[str, Tensor], image_shapes: list[tuple[int, int]], detections: Detections
+    ) -> list[dict[str, Tensor]]:
+        """Per image the ``masks`` (torchvision's) and ``mask_scores`` = box score x predicted MaskIoU."""
+        boxes, scores, labels = detections
+        roi_features, mask_logits, index = self._mask_branch(features, boxes, image_shapes)
+        flat_labels = torch.cat(labels)
+        maskiou = self.maskiou_head(roi_features, mask_logits[index, flat_labels][:, None].sigmoid())
+        maskiou = maskiou[index, flat_labels].split([len(b) for b in boxes])
+        masks = maskrcnn_inference(mask_logits, labels)
+        return [{"masks": m, "mask_scores": s * iou} for s, m, iou in zip(scores, masks, maskiou, strict=True)]
 
 
 class MaskScoringRCNN(MaskRCNN):
@@ -263,14 +233,11 @@ def mask_scoring_rcnn_resnet50_fpn(
 ) -> MaskScoringRCNN:
     """Mask Scoring R-CNN on ResNet-50-FPN; ``kwargs`` go to torchvision's ``MaskRCNN`` (``min_size``, ...).
 
-    The backbone is :func:`~seglab.models.instance.mask_rcnn.build_fpn_backbone`'s (as ``mask_rcnn_resnet50_fpn``:
+    Built as ``mask_rcnn_resnet50_fpn`` (:func:`~seglab.models.instance.mask_rcnn.build_mask_rcnn`;
     FrozenBatchNorm2d unless ``frozen_bn=False``). Images are 0-1 RGB, normalised inside
     (``GeneralizedRCNNTransform``).
     """
-    backbone, featmap_names = build_fpn_backbone(
-        "resnet50", pretrained_backbone=pretrained_backbone, trainable_layers=trainable_backbone_layers,
-        frozen_bn=frozen_bn,
+    return build_mask_rcnn(
+        "resnet50", num_classes=num_classes, pretrained_backbone=pretrained_backbone,
+        trainable_layers=trainable_backbone_layers, frozen_bn=frozen_bn, model_class=MaskScoringRCNN, **kwargs,
     )
-    mask_roi_pool = MultiScaleRoIAlign(featmap_names=featmap_names, output_size=14, sampling_ratio=2)
-    kwargs.setdefault("mask_roi_pool", mask_roi_pool)
-    return MaskScoringRCNN(backbone, num_classes=num_classes, **kwargs)

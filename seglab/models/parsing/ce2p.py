@@ -7,10 +7,10 @@ written in SCHP's ``networks/AugmentCE2P.py``. The self-correction training live
 
 Faithful to SCHP:
 
-- backbone: ResNet with the deep stem (3x3/2 conv 64, 3x3 64, 3x3 128, each BN + ReLU, 3x3/2 max-pool; layer1
-  takes 128 channels); layer4 has stride 1 and dilation 2 in *every* block (SCHP's multi-grid is (1, 1, 1)),
-  so the context features are at 1/16 and layer1 at 1/4. The blocks are torchvision's ``Bottleneck`` /
-  ``BasicBlock`` (stride on the 3x3 conv, as in SCHP);
+- backbone (:class:`~seglab.models.backbones.resnet.DeepStemResNet`): ResNet with the deep stem (3x3/2 conv 64, 3x3
+  64, 3x3 128, each BN + ReLU, 3x3/2 max-pool; layer1 takes 128 channels); layer4 has stride 1 and dilation 2 in
+  *every* block (SCHP's multi-grid is (1, 1, 1)), so the context features are at 1/16 and layer1 at 1/4. The blocks
+  are torchvision's ``Bottleneck`` / ``BasicBlock`` (stride on the 3x3 conv, as in SCHP);
 - context: PSP (adaptive average pools 1, 2, 3, 6 -> 1x1 conv 512 + BN-act each, upsampled, concatenated with
   the input, 3x3 conv 512 + BN-act);
 - decoder: context 1x1 -> 256, upsampled to layer1, concatenated with layer1 1x1 -> 48, two 1x1 256, 1x1 -> C;
@@ -42,23 +42,18 @@ Parameters (``sum(p.numel())``): schp_resnet101 66,723,928 at 20 classes (LIP), 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from seglab.checkpoint import load_into, load_state_dict
-from seglab.errors import CheckpointError
-from seglab.models.layers import AdaptiveAvgPool2d  # exports to ONNX at any input size
+from seglab.models.backbones.resnet import DeepStemResNet, deep_stem_resnet
+from seglab.models.layers import AdaptiveAvgPool2d, ConvBNAct, seg_output  # AdaptiveAvgPool2d: ONNX at any size
 from seglab.registry import register_model
 
 __all__ = [
     "CE2P",
     "BatchNormAct2d",
     "DecoderModule",
-    "DeepStemResNet",
     "EdgeModule",
     "PSPModule",
     "schp_resnet18",
@@ -67,7 +62,6 @@ __all__ = [
 ]
 
 LEAKY_SLOPE = 0.01  # InPlaceABNSync's default activation: leaky_relu, slope 0.01
-CSAIL_URL = "http://sceneparsing.csail.mit.edu/model/pretrained_resnet/resnet{depth}-imagenet.pth"
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
@@ -84,69 +78,15 @@ class BatchNormAct2d(nn.BatchNorm2d):
         return F.leaky_relu(super().forward(x), self.negative_slope)
 
 
-def _conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
-    return nn.Sequential(conv, BatchNormAct2d(out_channels))
+def _conv_abn(in_channels: int, out_channels: int, kernel_size: int = 1) -> ConvBNAct:
+    """Conv (no bias) + :class:`BatchNormAct2d`: SCHP's conv followed by ``InPlaceABNSync``. Its leaky ReLU is part
+    of the norm layer, not a module after it (ConvBNAct's ``norm`` is BatchNormAct2d, ``act`` None), so the modules
+    and keys map one to one onto SCHP's."""
+    return ConvBNAct(in_channels, out_channels, kernel_size, norm=BatchNormAct2d, act=None)
 
 
 def _resize(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-
-
-class DeepStemResNet(nn.Module):
-    """ResNet with the three-conv stem; layer4 stride 1 and dilation 2 (output stride 16).
-
-    ``forward`` returns the outputs of layer1..layer4 (strides 4, 8, 16, 16); ``out_channels`` their widths.
-    Attribute names are SCHP's (and CSAIL's deep-stem ImageNet files'): conv1..3, bn1..3, layer1..4.
-    """
-
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int]) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(64)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv3 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(128)
-        self.relu3 = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self._inplanes = 128
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=1, dilation=2)
-        self.out_channels = tuple(w * block.expansion for w in (64, 128, 256, 512))
-
-    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1,
-                    dilation: int = 1) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self._inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self._inplanes, planes * block.expansion, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        layers = [block(self._inplanes, planes, stride, downsample)]
-        self._inplanes = planes * block.expansion
-        layers += [block(self._inplanes, planes) for _ in range(1, blocks)]
-        if dilation > 1:
-            # SCHP dilates every block of the layer, the first included (torchvision's replace_stride_with_dilation
-            # leaves the first at 1, and its BasicBlock refuses dilation), so the 3x3 convs are dilated here.
-            for layer in layers:
-                for conv in layer.modules():
-                    if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
-                        conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
-        return nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = self.relu1(self.bn1(self.conv1(x)))
-        x = self.relu2(self.bn2(self.conv2(x)))
-        x = self.maxpool(self.relu3(self.bn3(self.conv3(x))))
-        c2 = self.layer1(x)
-        c3 = self.layer2(c2)
-        c4 = self.layer3(c3)
-        return c2, c3, c4, self.layer4(c4)
 
 
 class PSPModule(nn.Module):
@@ -155,9 +95,9 @@ class PSPModule(nn.Module):
     def __init__(self, in_channels: int, out_channels: int = 512, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
         super().__init__()
         self.stages = nn.ModuleList(
-            nn.Sequential(AdaptiveAvgPool2d(b), *_conv_bn_act(in_channels, out_channels)) for b in bins
+            nn.Sequential(AdaptiveAvgPool2d(b), *_conv_abn(in_channels, out_channels)) for b in bins
         )
-        self.bottleneck = _conv_bn_act(in_channels + len(bins) * out_channels, out_channels, kernel_size=3)
+        self.bottleneck = _conv_abn(in_channels + len(bins) * out_channels, out_channels, kernel_size=3)
 
     def forward(self, x: Tensor) -> Tensor:
         priors = [_resize(stage(x), x.shape[-2:]) for stage in self.stages]
@@ -170,9 +110,9 @@ class DecoderModule(nn.Module):
     def __init__(self, num_classes: int, context_channels: int = 512, low_channels: int = 256, width: int = 256,
                  low_width: int = 48) -> None:
         super().__init__()
-        self.conv1 = _conv_bn_act(context_channels, width)
-        self.conv2 = _conv_bn_act(low_channels, low_width)
-        self.conv3 = nn.Sequential(*_conv_bn_act(width + low_width, width), *_conv_bn_act(width, width))
+        self.conv1 = _conv_abn(context_channels, width)
+        self.conv2 = _conv_abn(low_channels, low_width)
+        self.conv3 = nn.Sequential(*_conv_abn(width + low_width, width), *_conv_abn(width, width))
         self.conv4 = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, context: Tensor, low: Tensor) -> tuple[Tensor, Tensor]:
@@ -188,9 +128,9 @@ class EdgeModule(nn.Module):
     def __init__(self, in_channels: tuple[int, int, int] = (256, 512, 1024), mid_channels: int = 256,
                  out_channels: int = 2) -> None:
         super().__init__()
-        self.conv1 = _conv_bn_act(in_channels[0], mid_channels)
-        self.conv2 = _conv_bn_act(in_channels[1], mid_channels)
-        self.conv3 = _conv_bn_act(in_channels[2], mid_channels)
+        self.conv1 = _conv_abn(in_channels[0], mid_channels)
+        self.conv2 = _conv_abn(in_channels[1], mid_channels)
+        self.conv3 = _conv_abn(in_channels[2], mid_channels)
         self.conv4 = nn.Conv2d(mid_channels, out_channels, 3, padding=1)  # shared by the three levels
         self.conv5 = nn.Conv2d(3 * out_channels, out_channels, 1)
 
@@ -220,7 +160,7 @@ class CE2P(nn.Module):
         self.edge = EdgeModule((c2, c3, c4), mid_channels=w)
         self.decoder = DecoderModule(num_classes, 2 * w, c2, width=w, low_width=w * 48 // 256)
         self.fusion = nn.Sequential(
-            *_conv_bn_act(w + 3 * w, w), nn.Dropout2d(0.1), nn.Conv2d(w, num_classes, 1)
+            *_conv_abn(w + 3 * w, w), nn.Dropout2d(0.1), nn.Conv2d(w, num_classes, 1)
         )
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor | list[Tensor]]:
@@ -228,49 +168,12 @@ class CE2P(nn.Module):
         parsing, parsing_feature = self.decoder(self.context_encoding(c5), c2)
         edge, edge_feature = self.edge(c2, c3, c4)
         fusion = self.fusion(torch.cat([parsing_feature, edge_feature], dim=1))
-        if self.training:
-            return {"out": fusion, "aux": [parsing], "edge": edge}
-        return _resize(fusion, x.shape[-2:])
-
-
-def load_deep_stem_weights(backbone: DeepStemResNet, spec: bool | str | None, depth: int) -> None:
-    """Load CSAIL's deep-stem ImageNet ResNet (``resnet{depth}-imagenet.pth``) from a local file into ``backbone``.
-
-    ``True`` raises :class:`~seglab.errors.CheckpointError` saying where the file is published and how to pass
-    it: these are not torchvision weights, and seglab does not download them. The file's ``fc.*`` is dropped.
-    """
-    if spec is None or spec is False:
-        return
-    url = CSAIL_URL.format(depth=depth)
-    filename = url.rsplit("/", 1)[-1]
-    if spec is True:
-        raise CheckpointError(
-            f"the deep-stem ResNet-{depth} ImageNet weights SCHP starts from are CSAIL's {url}, not a torchvision "
-            f"model, and seglab does not download them. Download that file on a machine with network access and "
-            f'pass its path: pretrained_backbone="/path/{filename}"'
-        )
-    if not isinstance(spec, str):
-        raise TypeError(f"pretrained_backbone must be a bool or a str, got {type(spec).__name__}")
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{spec}: pretrained_backbone file not found (expected CSAIL's {filename}, from {url})")
-    state_dict = {k.removeprefix("module."): v for k, v in load_state_dict(path).items()}
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    load_into(backbone, state_dict, f"{path} (expected CSAIL's deep-stem {filename})")
-
-
-_DEPTHS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
-    18: (BasicBlock, (2, 2, 2, 2)),
-    50: (Bottleneck, (3, 4, 6, 3)),
-    101: (Bottleneck, (3, 4, 23, 3)),
-}
+        out = fusion if self.training else _resize(fusion, x.shape[-2:])
+        return seg_output(out, [parsing], training=self.training, edge=edge)
 
 
 def _ce2p(depth: int, num_classes: int, pretrained_backbone: bool | str, head_width: int = 256) -> CE2P:
-    block, layers = _DEPTHS[depth]
-    backbone = DeepStemResNet(block, layers)
-    load_deep_stem_weights(backbone, pretrained_backbone, depth)
-    return CE2P(backbone, num_classes, head_width)
+    return CE2P(deep_stem_resnet(depth, pretrained=pretrained_backbone), num_classes, head_width)
 
 
 _PAPER = {

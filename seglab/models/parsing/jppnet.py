@@ -22,7 +22,7 @@ Benchmark", TPAMI 2018, arXiv 1804.01984 (code Engineering-Course/LIP_JPPNet: ``
 
 Train mode returns ``{"out": fused stage-3 parsing, "parsing": [...], "pose": [...]}``, both lists ordered
 stage 1, 2, 3 x (fused, then each scale), all at 1/8 of their input; the loss is
-:class:`seglab.pose.JPPNetLoss`.
+:class:`seglab.models.parsing.pose.JPPNetLoss`.
 
 Deviations: torchvision's ResNet (stride in the 3x3 conv, not Caffe's 1x1: same parameters) with trainable
 BatchNorm (the reference freezes it, ``is_training=False``); pool padding differs (PyTorch floor vs TF SAME), so
@@ -41,10 +41,10 @@ corners). fc7 and fc8 of the smaller scales are resized to the full-scale grid; 
 the concatenated fc7s -> 512, ReLU, dropout 0.5, 1x1 -> one score per scale, softmax over scales) weights the
 fc8s, which are summed. Train mode: ``{"out": merged logits, "aux": [each scale's fc8 at its own size]}`` (the
 prototxt supervises the 1/2 scale at its own 1/16 labels; it resizes the 3/4 scale to 1/8 first, which here is
-left to the loss's label sampling); the loss is :class:`seglab.pose.SSJPPNetLoss`. ``backbone="resnet101"`` or
-``"resnet50"`` swaps in DeepLab-v2 ResNet (classifier: the 4-rate atrous sum on res5, attention on the res5
-features). Deviation: torchvision's VGG16 pool1-3 are 2x2 (Caffe DeepLab's are 3x3 pad 1; no parameters).
-Parameters (VGG16, 20 classes): 34,662,231.
+left to the loss's label sampling); the loss is :class:`seglab.models.parsing.pose.SSJPPNetLoss`.
+``backbone="resnet101"`` or ``"resnet50"`` swaps in DeepLab-v2 ResNet (classifier: the 4-rate atrous sum on
+res5, attention on the res5 features). Deviation: torchvision's VGG16 pool1-3 are 2x2 (Caffe DeepLab's are 3x3
+pad 1; no parameters). Parameters (VGG16, 20 classes): 34,662,231.
 """
 
 from __future__ import annotations
@@ -55,20 +55,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from seglab.models.semantic.deeplabv3 import dilated_vgg16_features
-from seglab.models.semantic.fcn_resnet import dilated_resnet
+from seglab.models.backbones.resnet import resnet_features
+from seglab.models.backbones.vgg import dilated_vgg16_features
+from seglab.models.layers import ConvBNAct, seg_output
 from seglab.registry import register_model
 
 __all__ = ["JPPNet", "SSJPPNet", "jppnet", "ss_jppnet"]
 
 _RESNET_DEPTHS = {"resnet50": 50, "resnet101": 101}
-
-
-def _conv(in_channels: int, out_channels: int, kernel_size: int, *, relu: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+# The refinement convs (in, out, kernel) after the remaps: 3x3 512, 5x5 256, 7x7 256, 9x9 256.
+_REFINE_CONVS = ((512, 512, 3), (512, 256, 5), (256, 256, 7), (256, 256, 9))
 
 
 def _init_head(module: nn.Module) -> None:
@@ -79,13 +75,13 @@ def _init_head(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-
 def _floor(value: float | Tensor) -> int | Tensor:
     """``int(value)`` for a size scaled by a float: a Python int in eager mode, a traced integer tensor while
     exporting (so the ONNX graph keeps dynamic input sizes instead of the traced ones)."""
     if isinstance(value, Tensor):
         return torch.floor(value).to(torch.int64)
     return int(value)
+
 
 class AtrousSum(nn.Module):
     """DeepLab-v2's classifier: the sum of 3x3 convolutions at several atrous rates (``fc1_human``)."""
@@ -105,8 +101,10 @@ class PoseNet(nn.Module):
         super().__init__()
         channels = (in_channels, 512, 512, 256, 256, 256, 256)
         pairs = zip(channels[:-1], channels[1:], strict=True)
-        self.features = nn.Sequential(*(_conv(c_in, c_out, 3) for c_in, c_out in pairs))
-        self.head = nn.Sequential(_conv(256, 512, 1), _conv(512, num_joints, 1, relu=False))
+        self.features = nn.Sequential(*(ConvBNAct(c_in, c_out, 3, norm=None) for c_in, c_out in pairs))
+        self.head = nn.Sequential(
+            ConvBNAct(256, 512, 1, norm=None), ConvBNAct(512, num_joints, 1, norm=None, act=None)
+        )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         feature = self.features(x)
@@ -122,10 +120,10 @@ class Refine(nn.Module):
 
     def __init__(self, first_channels: int, second_channels: int, out_head: nn.Module) -> None:
         super().__init__()
-        self.first_remap = _conv(first_channels, 128, 1)
-        self.second_remap = _conv(second_channels, 128, 1)
-        self.convs = nn.Sequential(_conv(512, 512, 3), _conv(512, 256, 5), _conv(256, 256, 7), _conv(256, 256, 9))
-        self.conv5 = _conv(256, 256, 1)
+        self.first_remap = ConvBNAct(first_channels, 128, 1, norm=None)
+        self.second_remap = ConvBNAct(second_channels, 128, 1, norm=None)
+        self.convs = nn.Sequential(*(ConvBNAct(c_in, c_out, k, norm=None) for c_in, c_out, k in _REFINE_CONVS))
+        self.conv5 = ConvBNAct(256, 256, 1, norm=None)
         self.out = out_head
 
     def forward(self, first: Tensor, second: Tensor, feature: Tensor) -> tuple[Tensor, Tensor]:
@@ -151,12 +149,14 @@ class JPPNet(nn.Module):
         self.backbone = backbone  # IntermediateLayerGetter: "aux" = res4b22 (layer3), "out" = res5c (layer4)
         self.scales, self.eval_scales = tuple(scales), tuple(eval_scales)
         self.fc1_human = AtrousSum(res5_channels, num_classes)
-        self.parsing_feature = nn.Sequential(_conv(res5_channels, 512, 3), _conv(512, 256, 3))
+        self.parsing_feature = nn.Sequential(
+            ConvBNAct(res5_channels, 512, 3, norm=None), ConvBNAct(512, 256, 3, norm=None)
+        )
         self.fc1_pose = PoseNet(res4_channels, num_joints)
-        self.fc2_pose = Refine(num_joints, num_classes, _conv(256, num_joints, 1, relu=False))
+        self.fc2_pose = Refine(num_joints, num_classes, ConvBNAct(256, num_joints, 1, norm=None, act=None))
         self.fc2_parsing = Refine(num_classes, num_joints, AtrousSum(256, num_classes))
         self.fc3_parsing = Refine(num_classes, num_joints, AtrousSum(256, num_classes))
-        self.fc3_pose = Refine(num_joints, num_classes, _conv(256, num_joints, 1, relu=False))
+        self.fc3_pose = Refine(num_joints, num_classes, ConvBNAct(256, num_joints, 1, norm=None, act=None))
         for head in (self.fc1_human, self.parsing_feature, self.fc1_pose, self.fc2_pose, self.fc2_parsing,
                      self.fc3_parsing, self.fc3_pose):  # fmt: skip
             _init_head(head)
@@ -202,7 +202,8 @@ class JPPNet(nn.Module):
             ).mean(dim=0)
             parsing_all += [fused_parsing, *parsings]
             pose_all += [fused_pose, *poses]
-        return {"out": parsing_all[-(len(self.scales) + 1)], "parsing": parsing_all, "pose": pose_all}
+        out = parsing_all[-(len(self.scales) + 1)]  # the fused stage-3 parsing
+        return seg_output(out, training=self.training, parsing=parsing_all, pose=pose_all)
 
 
 class LargeFOV(nn.Module):
@@ -268,9 +269,9 @@ class SSJPPNet(nn.Module):
 
         attention = self.attention(torch.cat([to_grid(f) for f in feats], dim=1))
         merged = sum(attention[:, i : i + 1] * to_grid(lg) for i, lg in enumerate(logits))
-        if self.training:
-            return {"out": merged, "aux": logits}
-        return F.interpolate(merged, size=(height, width), mode="bilinear", align_corners=False)
+        if not self.training:
+            merged = F.interpolate(merged, size=(height, width), mode="bilinear", align_corners=False)
+        return seg_output(merged, logits, training=self.training)
 
 
 def _check_backbone(backbone: str, allowed: Sequence[str]) -> None:
@@ -302,7 +303,8 @@ def jppnet(
     ``eval_scales`` those averaged in eval mode (the reference's test script uses 1, 0.75, 1.25).
     """
     _check_backbone(backbone, tuple(_RESNET_DEPTHS))
-    body = dilated_resnet(_RESNET_DEPTHS[backbone], aux=True, pretrained_backbone=pretrained_backbone)
+    return_layers = {"layer4": "out", "layer3": "aux"}  # res5c, res4b22
+    body = resnet_features(_RESNET_DEPTHS[backbone], return_layers, pretrained=pretrained_backbone, output_stride=8)
     return JPPNet(body, 1024, 2048, num_classes, num_joints, scales, eval_scales)
 
 
@@ -323,14 +325,15 @@ def ss_jppnet(
 ) -> SSJPPNet:
     """SS-JPPNet's released network: attention-to-scale DeepLab-LargeFOV VGG16 (or DeepLab-v2 ResNet).
 
-    Train it with :class:`seglab.pose.SSJPPNetLoss` (the structure-sensitive loss).
+    Train it with :class:`seglab.models.parsing.pose.SSJPPNetLoss` (the structure-sensitive loss).
     """
     _check_backbone(backbone, ("vgg16", *_RESNET_DEPTHS))
     if backbone == "vgg16":
-        vgg = dilated_vgg16_features(pretrained_backbone=pretrained_backbone)
+        vgg = dilated_vgg16_features(pretrained=pretrained_backbone)
         features: nn.Module = nn.Sequential(_Out(vgg), LargeFOV(512))
         return SSJPPNet(features, nn.Conv2d(1024, num_classes, 1), 1024, scales)
-    body = dilated_resnet(_RESNET_DEPTHS[backbone], aux=False, pretrained_backbone=pretrained_backbone)
+    depth = _RESNET_DEPTHS[backbone]
+    body = resnet_features(depth, {"layer4": "out"}, pretrained=pretrained_backbone, output_stride=8)
     return SSJPPNet(_Out(body), AtrousSum(2048, num_classes), 2048, scales)
 
 

@@ -4,7 +4,7 @@ Paper: Yang, Song, Wang, Jiang, "Parsing R-CNN for Instance-Level Human Analysis
 (reference code: soeaver/Parsing-R-CNN, cfgs/CIHP/e2e_parsing_rcnn_R-50-FPN_3x_ms.yaml).
 
 Built by composition on torchvision's detection parts: :class:`ParsingRCNN` is a torchvision ``FasterRCNN``
-(ResNet-50-FPN from :func:`~seglab.models.instance.mask_rcnn.build_fpn_backbone`, 2 classes: background, person)
+(ResNet-50-FPN from :func:`~seglab.models.backbones.fpn.build_fpn_backbone`, 2 classes: background, person)
 whose ``roi_heads`` is a :class:`ParsingRoIHeads` (torchvision's ``RoIHeads`` plus ``parsing_roi_pool``,
 ``parsing_head`` and ``parsing_predictor``), so a torchvision ``fasterrcnn_resnet50_fpn`` checkpoint loads with
 only the box predictor (2 classes) and the ``roi_heads.parsing_*`` keys differing.
@@ -56,11 +56,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign
 
 from seglab.errors import DatasetError
-from seglab.models.instance.mask_rcnn import build_fpn_backbone
+from seglab.models.backbones.fpn import build_fpn_backbone
+from seglab.models.layers import ConvBNAct
+from seglab.models.roi_heads import BoxBranchRoIHeads, Detections, Sampled
 from seglab.registry import register_model
 
 __all__ = [
@@ -76,13 +77,12 @@ __all__ = [
 ]
 
 
-def _conv_relu(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> nn.Sequential:
+def _make_conv(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> ConvBNAct:
     """Conv (with bias, no norm) + ReLU, initialised as the reference's ``make_conv`` (Kaiming-normal fan-out)."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size - 1) // 2,
-                     dilation=dilation)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    nn.init.zeros_(conv.bias)
-    return nn.Sequential(conv, nn.ReLU(inplace=True))
+    block = ConvBNAct(in_channels, out_channels, kernel_size, dilation=dilation, norm=None)
+    nn.init.kaiming_normal_(block[0].weight, mode="fan_out", nonlinearity="relu")
+    nn.init.zeros_(block[0].bias)
+    return block
 
 
 class NonLocal2d(nn.Module):
@@ -127,14 +127,14 @@ class GCEHead(nn.Module):
         dilations: tuple[int, ...] = (6, 12, 18), num_convs: int = 4, use_nonlocal: bool = True,
     ) -> None:
         super().__init__()
-        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv_relu(in_channels, aspp_channels, 1))
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _make_conv(in_channels, aspp_channels, 1))
         self.aspp = nn.ModuleList(
-            [_conv_relu(in_channels, aspp_channels, 1)]
-            + [_conv_relu(in_channels, aspp_channels, 3, dilation=d) for d in dilations]
+            [_make_conv(in_channels, aspp_channels, 1)]
+            + [_make_conv(in_channels, aspp_channels, 3, dilation=d) for d in dilations]
         )
-        self.project = _conv_relu((len(dilations) + 2) * aspp_channels, conv_channels, 1)
+        self.project = _make_conv((len(dilations) + 2) * aspp_channels, conv_channels, 1)
         self.nonlocal_block = NonLocal2d(conv_channels) if use_nonlocal else nn.Identity()
-        self.convs = nn.Sequential(*[_conv_relu(conv_channels, conv_channels, 3) for _ in range(num_convs)])
+        self.convs = nn.Sequential(*[_make_conv(conv_channels, conv_channels, 3) for _ in range(num_convs)])
         self.out_channels = conv_channels
 
     def forward(self, x: Tensor) -> Tensor:
@@ -225,7 +225,7 @@ def semantic_from_instances(
     return merged
 
 
-class ParsingRoIHeads(RoIHeads):
+class ParsingRoIHeads(BoxBranchRoIHeads):
     """torchvision's ``RoIHeads`` (boxes) with a parsing branch: ``parsing_roi_pool``, ``parsing_head``,
     ``parsing_predictor``. Train: adds ``loss_parsing`` over at most ``parsing_rois_per_image`` random positives
     (None or negative: all); eval: adds ``parsing_probs`` [N, C, M, M] per image."""
@@ -243,26 +243,24 @@ class ParsingRoIHeads(RoIHeads):
         self.parsing_loss_weight = parsing_loss_weight
         self.parsing_resolution = parsing_resolution
 
-    @classmethod
-    def from_roi_heads(cls, heads: RoIHeads, **parsing: Any) -> ParsingRoIHeads:
-        """The same box modules and settings as ``heads``, plus the parsing branch given in ``parsing``."""
-        return cls(
-            heads.box_roi_pool, heads.box_head, heads.box_predictor,
-            heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,
-            heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction,
-            heads.box_coder.weights, heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
-            **parsing,
-        )
+    def check_targets(self, targets: list[dict[str, Tensor]] | None) -> None:
+        """torchvision's checks, and a ``parsing`` entry in each target."""
+        super().check_targets(targets)
+        for i, t in enumerate(targets):
+            if "parsing" not in t:
+                raise DatasetError(
+                    f"targets[{i}]: no 'parsing' entry; Parsing R-CNN needs Int64[N, H, W] part labels per "
+                    f"person (0 outside the person), as the CIHP instance dataset gives"
+                )
 
     def parsing_logits(self, features: dict[str, Tensor], boxes: list[Tensor],
                        image_shapes: list[tuple[int, int]]) -> Tensor:
         """Parsing logits [R, C, M, M] of the RoIs ``boxes`` (one tensor of x1y1x2y2 per image)."""
         return self.parsing_predictor(self.parsing_head(self.parsing_roi_pool(features, boxes, image_shapes)))
 
-    def _sample_parsing_rois(self, proposals: list[Tensor], labels: list[Tensor],
-                             matched_idxs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _sample_parsing_rois(self, sampled: Sampled) -> tuple[list[Tensor], list[Tensor]]:
         rois, idxs = [], []
-        for p, lab, m in zip(proposals, labels, matched_idxs, strict=True):
+        for p, lab, m in zip(sampled.proposals, sampled.labels, sampled.matched_idxs, strict=True):
             positive = torch.where(lab > 0)[0]
             limit = self.parsing_rois_per_image
             if limit is not None and 0 <= limit < positive.numel():
@@ -271,41 +269,12 @@ class ParsingRoIHeads(RoIHeads):
             idxs.append(m[positive])
         return rois, idxs
 
-    def forward(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Box branch as torchvision's ``RoIHeads``, then the parsing branch on the positives / detections."""
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            self.check_targets(targets)
-            for i, t in enumerate(targets):
-                if "parsing" not in t:
-                    raise DatasetError(
-                        f"targets[{i}]: no 'parsing' entry; Parsing R-CNN needs Int64[N, H, W] part labels per "
-                        f"person (0 outside the person), as the CIHP instance dataset gives"
-                    )
-            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)
-
-        if not self.training:
-            boxes, scores, det_labels = self.postprocess_detections(
-                class_logits, box_regression, proposals, image_shapes
-            )
-            probs = self.parsing_logits(features, boxes, image_shapes).softmax(dim=1)
-            probs = probs.split([len(b) for b in boxes])
-            return [
-                {"boxes": b, "labels": lab, "scores": s, "parsing_probs": p}
-                for b, lab, s, p in zip(boxes, det_labels, scores, probs, strict=True)
-            ], {}
-
-        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-        rois, roi_matched = self._sample_parsing_rois(proposals, labels, matched_idxs)
+    def branch_losses(
+        self, features: dict[str, Tensor], image_shapes: list[tuple[int, int]], sampled: Sampled,
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """``loss_parsing`` on at most ``parsing_rois_per_image`` random positives per image."""
+        rois, roi_matched = self._sample_parsing_rois(sampled)
         logits = self.parsing_logits(features, rois, image_shapes)
         with torch.no_grad():
             parsing_targets = []
@@ -319,7 +288,14 @@ class ParsingRoIHeads(RoIHeads):
             loss_parsing = logits.sum() * 0
         else:
             loss_parsing = F.cross_entropy(logits, parsing_targets, ignore_index=255) * self.parsing_loss_weight
-        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_parsing": loss_parsing}
+        return {"loss_parsing": loss_parsing}
+
+    def branch_outputs(
+        self, features: dict[str, Tensor], image_shapes: list[tuple[int, int]], detections: Detections
+    ) -> list[dict[str, Tensor]]:
+        """Per image the detected persons' ``parsing_probs`` [N, C, M, M] (softmax over the parts)."""
+        probs = self.parsing_logits(features, detections.boxes, image_shapes).softmax(dim=1)
+        return [{"parsing_probs": p} for p in probs.split([len(b) for b in detections.boxes])]
 
 
 class ParsingRCNN(FasterRCNN):

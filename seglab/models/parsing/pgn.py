@@ -47,10 +47,10 @@ import torch
 from scipy import ndimage
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.models import ResNet, ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 
-from seglab.models.backbones import load_backbone_weights
+from seglab.models.backbones.resnet import resnet_features
+from seglab.models.layers import ConvBNAct, seg_output
 from seglab.registry import register_model
 
 __all__ = [
@@ -69,14 +69,6 @@ PYRAMID_REFERENCE_SIZE = 60
 EDGE_SUPERVISION_RATES = (1, 2, 4, 8, 16)
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation)
-
-
-def _conv_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
-    return nn.Sequential(_conv(in_channels, out_channels, kernel_size), nn.ReLU(inplace=True))
-
-
 class PyramidPooling(nn.Module):
     """PGN's pyramid pooling: per level, average pool (kernel = stride = a fraction of the map), 3x3 conv +
     ReLU, bilinear upsampling; the output is the input concatenated with every level."""
@@ -84,7 +76,7 @@ class PyramidPooling(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernels: tuple[int, ...] = PYRAMID_KERNELS) -> None:
         super().__init__()
         self.kernels = tuple(kernels)
-        self.convs = nn.ModuleList(_conv_relu(in_channels, out_channels) for _ in self.kernels)
+        self.convs = nn.ModuleList(ConvBNAct(in_channels, out_channels, norm=None) for _ in self.kernels)
         self.out_channels = in_channels + len(self.kernels) * out_channels
 
     def kernel_size(self, height: int, width: int, level: int) -> tuple[int, int]:
@@ -130,9 +122,9 @@ class _PoolingHead(nn.Module):
     def __init__(self, in_channels: int, width: int, out_channels: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.pp = PyramidPooling(in_channels, width)
-        self.pp_conv = _conv_relu(self.pp.out_channels, width)
+        self.pp_conv = ConvBNAct(self.pp.out_channels, width, norm=None)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.fc = _conv(width, out_channels)
+        self.fc = nn.Conv2d(width, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         feature = self.pp_conv(self.pp(x))
@@ -144,8 +136,8 @@ class _Branch(nn.Module):
 
     def __init__(self, in_channels: tuple[int, ...], width: int) -> None:
         super().__init__()
-        self.levels = nn.ModuleList(_conv_relu(c, width) for c in in_channels)
-        self.fuse = _conv_relu(len(in_channels) * width, width)
+        self.levels = nn.ModuleList(ConvBNAct(c, width, norm=None) for c in in_channels)
+        self.fuse = ConvBNAct(len(in_channels) * width, width, norm=None)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         per_level = [conv(f) for conv, f in zip(self.levels, features, strict=True)]
@@ -157,7 +149,7 @@ class _EdgeSupervision(nn.Module):
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(_conv(in_channels, 1, dilation=r) for r in EDGE_SUPERVISION_RATES)
+        self.convs = nn.ModuleList(nn.Conv2d(in_channels, 1, 3, padding=r, dilation=r) for r in EDGE_SUPERVISION_RATES)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.stack([conv(x) for conv in self.convs]).sum(0)
@@ -183,13 +175,13 @@ class PGN(nn.Module):
         self.edge_branch = _Branch(in_channels, half)
         self.edge_head = _PoolingHead(half, width, 1)
         self.edge_supervision = nn.ModuleList(_EdgeSupervision(half) for _ in in_channels)
-        self.parsing_fea = _conv_relu(width, half)
-        self.parsing_remap = _conv_relu(num_classes, quarter, 1)
-        self.edge_fea = _conv_relu(width, half)
-        self.edge_remap = _conv_relu(1, quarter, 1)
-        self.parsing_rf = _conv_relu(2 * (half + quarter), width)
+        self.parsing_fea = ConvBNAct(width, half, norm=None)
+        self.parsing_remap = ConvBNAct(num_classes, quarter, 1, norm=None)
+        self.edge_fea = ConvBNAct(width, half, norm=None)
+        self.edge_remap = ConvBNAct(1, quarter, 1, norm=None)
+        self.parsing_rf = ConvBNAct(2 * (half + quarter), width, norm=None)
         self.parsing_rf_head = _PoolingHead(width, width, num_classes)
-        self.edge_rf = _conv_relu(2 * (half + quarter), width)
+        self.edge_rf = ConvBNAct(2 * (half + quarter), width, norm=None)
         self.edge_rf_head = _PoolingHead(width, width, 1)
         heads = [m for name, m in self.named_children() if name != "backbone"]
         for module in heads:
@@ -214,9 +206,12 @@ class PGN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor | list[Tensor]]:
         outputs = self._outputs(x)
-        if self.training:
-            return outputs
-        return F.interpolate(outputs["out"], size=x.shape[-2:], mode="bilinear", align_corners=False)
+        out = outputs["out"]
+        if not self.training:
+            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return seg_output(
+            out, outputs["aux"], training=self.training, edge=outputs["edge"], edge_aux=outputs["edge_aux"]
+        )
 
     @torch.no_grad()
     def predict_edges(self, x: Tensor) -> Tensor:
@@ -248,16 +243,13 @@ class PGN(nn.Module):
         ]
 
 
-def _dilated_resnet(depth: int, pretrained_backbone: bool | str) -> IntermediateLayerGetter:
+def _pgn_backbone(depth: int, pretrained_backbone: bool | str) -> IntermediateLayerGetter:
     """torchvision ResNet-``depth`` at output stride 8 with DeepLab-v2 rates (every layer3 block 2, layer4 4),
     returning layer2, layer3 and layer4."""
-    build, weights = {50: (resnet50, ResNet50_Weights), 101: (resnet101, ResNet101_Weights)}[depth]
-    resnet: ResNet = build(weights=None, replace_stride_with_dilation=[False, True, True])
-    load_backbone_weights(resnet, pretrained_backbone, torchvision_weights=weights)
-    for layer, rate in ((resnet.layer3, 2), (resnet.layer4, 4)):
-        layer[0].conv2.dilation = (rate, rate)
-        layer[0].conv2.padding = (rate, rate)
-    return IntermediateLayerGetter(resnet, return_layers={"layer2": "res3", "layer3": "res4", "layer4": "res5"})
+    return_layers = {"layer2": "res3", "layer3": "res4", "layer4": "res5"}
+    return resnet_features(
+        depth, return_layers, pretrained=pretrained_backbone, output_stride=8, dilate_first_block=True
+    )
 
 
 _PAPER = {
@@ -273,13 +265,13 @@ _PAPER = {
 @register_model(**_PAPER, paper_params=164_839_673)
 def pgn_resnet101(*, num_classes: int = 20, pretrained_backbone: bool | str = False, width: int = 512) -> PGN:
     """PGN on a dilated ResNet-101 (the paper's model at ``width=512``)."""
-    return PGN(_dilated_resnet(101, pretrained_backbone), (512, 1024, 2048), num_classes, width)
+    return PGN(_pgn_backbone(101, pretrained_backbone), (512, 1024, 2048), num_classes, width)
 
 
 @register_model(**_PAPER)
 def pgn_resnet50(*, num_classes: int = 20, pretrained_backbone: bool | str = False, width: int = 256) -> PGN:
     """A lighter PGN: dilated ResNet-50 and half-width heads (``width=256``); not a model of the paper."""
-    return PGN(_dilated_resnet(50, pretrained_backbone), (512, 1024, 2048), num_classes, width)
+    return PGN(_pgn_backbone(50, pretrained_backbone), (512, 1024, 2048), num_classes, width)
 
 
 def _gradient_nonzero(maps: Tensor) -> Tensor:

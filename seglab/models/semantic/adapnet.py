@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck
 
-from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import pad_to_multiple
+from seglab.models.backbones.resnet import resnet
+from seglab.models.layers import ConvBNAct, pad_to_multiple
 from seglab.registry import register_model
 
 __all__ = ["AdapNet", "AdapNetDecoder", "MultiscaleConv", "adapnet"]
@@ -82,21 +81,17 @@ class SkipAdd(nn.Module):
         return upsampled + skip
 
 
-def _conv_bn(conv: nn.Module, channels: int) -> nn.Sequential:
-    return nn.Sequential(conv, nn.BatchNorm2d(channels))
-
-
 class AdapNetDecoder(nn.Module):
     """Score block 4 (K), upsample 2x to 2K, add the block-2 skip (2K), upsample 8x to K."""
 
     def __init__(self, block2_channels: int, block4_channels: int, num_classes: int) -> None:
         super().__init__()
         k = num_classes
-        self.score = _conv_bn(nn.Conv2d(block4_channels, k, 1, bias=False), k)
-        self.up2 = _conv_bn(nn.ConvTranspose2d(k, 2 * k, 4, stride=2, padding=1, bias=False), 2 * k)
-        self.skip = _conv_bn(nn.Conv2d(block2_channels, 2 * k, 1, bias=False), 2 * k)
+        self.score = ConvBNAct(block4_channels, k, 1, act=None)
+        self.up2 = ConvBNAct(k, 2 * k, 4, stride=2, padding=1, act=None, transposed=True)
+        self.skip = ConvBNAct(block2_channels, 2 * k, 1, act=None)
         self.fuse = SkipAdd()
-        self.up8 = _conv_bn(nn.ConvTranspose2d(2 * k, k, 16, stride=8, padding=4, bias=False), k)
+        self.up8 = ConvBNAct(2 * k, k, 16, stride=8, padding=4, act=None, transposed=True)
 
     def forward(self, block2: Tensor, block4: Tensor) -> Tensor:
         return self.up8(self.fuse(self.up2(self.score(block4)), self.skip(block2)))
@@ -107,7 +102,7 @@ class AdapNet(nn.Module):
 
     def __init__(self, resnet: nn.Module, num_classes: int) -> None:
         super().__init__()
-        self.conv0 = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.ReLU(inplace=True))
+        self.conv0 = ConvBNAct(3, 3, 3)
         self.backbone = IntermediateLayerGetter(resnet, return_layers={"layer2": "block2", "layer4": "block4"})
         self.decoder = AdapNetDecoder(512, 2048, num_classes)
 
@@ -125,15 +120,14 @@ def _make_multiscale(unit: Bottleneck, rates: tuple[int, int]) -> None:
 
 def adapnet_resnet50(*, pretrained_backbone: bool | str = False) -> nn.Module:
     """torchvision's ResNet-50 turned into AdapNet's encoder (stride 16, multiscale units, block-4 dropout)."""
-    resnet = resnet50(weights=None, replace_stride_with_dilation=[False, False, True])
-    load_backbone_weights(resnet, pretrained_backbone, torchvision_weights=ResNet50_Weights)
-    _make_multiscale(resnet.layer2[-1], (1, 2))
-    for unit in resnet.layer3[2:]:
+    network = resnet(50, pretrained=pretrained_backbone, output_stride=OUTPUT_STRIDE)
+    _make_multiscale(network.layer2[-1], (1, 2))
+    for unit in network.layer3[2:]:
         _make_multiscale(unit, (1, 2))
-    for unit in resnet.layer4:
+    for unit in network.layer4:
         _make_multiscale(unit, (2, 2))
-    resnet.layer4[2].bn3 = nn.Sequential(resnet.layer4[2].bn3, nn.Dropout(p=0.7))
-    return resnet
+    network.layer4[2].bn3 = nn.Sequential(network.layer4[2].bn3, nn.Dropout(p=0.7))
+    return network
 
 
 @register_model(

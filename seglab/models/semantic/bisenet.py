@@ -39,11 +39,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.models import ResNet18_Weights, resnet18
-from torchvision.models._utils import IntermediateLayerGetter
 
-from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import ConvBNAct, pad_to_multiple, resize_logits
+from seglab.models.backbones.resnet import resnet_features
+from seglab.models.layers import ConvBNAct, pad_to_multiple, resize_logits, seg_output
 from seglab.registry import register_model
 
 __all__ = [
@@ -60,19 +58,6 @@ __all__ = [
 ]
 
 
-def _conv_bn(
-    in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1, groups: int = 1, act: bool = True
-) -> nn.Sequential:
-    """Conv (no bias) + BN (+ ReLU), for the strided, depthwise or activation-free convs ConvBNAct lacks."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_channels),
-    ]
-    if act:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
 def _upsample(x: Tensor, size: torch.Size | tuple[int, int], mode: str = "bilinear") -> Tensor:
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
@@ -84,7 +69,8 @@ def _channel_attention(feat: Tensor, conv: nn.Module, bn: nn.Module) -> Tensor:
 
 
 class _Outputs:
-    """Shared tail of both models: upsample to the padded size, crop to the input, pick the return form."""
+    """Shared tail of both models: upsample to the padded size, crop to the input, return as :func:`seg_output`
+    (``aux`` is empty in eval mode)."""
 
     training: bool
 
@@ -96,9 +82,7 @@ class _Outputs:
                 t = resize_logits(t, padded)
             return t[..., :h, :w]
 
-        if not self.training:
-            return full(logits)
-        return {"out": full(logits), "aux": [full(a) for a in aux]}
+        return seg_output(full(logits), [full(a) for a in aux], training=self.training)
 
 
 # ---------------------------------------------------------------- BiSeNet v1
@@ -109,7 +93,7 @@ class AttentionRefinementModule(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = ConvBNAct(in_channels, out_channels, 3, padding=1)
+        self.conv = ConvBNAct(in_channels, out_channels, 3)
         self.conv_atten = nn.Conv2d(out_channels, out_channels, 1, bias=False)
         self.bn_atten = nn.BatchNorm2d(out_channels)
 
@@ -123,7 +107,7 @@ class FeatureFusionModule(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.fuse = ConvBNAct(in_channels, out_channels, 1, padding=0)
+        self.fuse = ConvBNAct(in_channels, out_channels, 1)
         self.conv_atten = nn.Conv2d(out_channels, out_channels, 1, bias=False)
         self.bn_atten = nn.BatchNorm2d(out_channels)
 
@@ -140,9 +124,9 @@ class ContextPath(nn.Module):
         self.backbone = backbone
         self.arm16 = AttentionRefinementModule(256, 128)
         self.arm32 = AttentionRefinementModule(512, 128)
-        self.conv_head32 = ConvBNAct(128, 128, 3, padding=1)
-        self.conv_head16 = ConvBNAct(128, 128, 3, padding=1)
-        self.conv_avg = ConvBNAct(512, 128, 1, padding=0)
+        self.conv_head32 = ConvBNAct(128, 128, 3)
+        self.conv_head16 = ConvBNAct(128, 128, 3)
+        self.conv_avg = ConvBNAct(512, 128, 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         feats = self.backbone(x)
@@ -159,7 +143,7 @@ class OutputHead(nn.Sequential):
     """3x3 ConvBNReLU to ``mid_channels`` + 1x1 classifier (the caller upsamples)."""
 
     def __init__(self, in_channels: int, mid_channels: int, num_classes: int) -> None:
-        super().__init__(ConvBNAct(in_channels, mid_channels, 3, padding=1), nn.Conv2d(mid_channels, num_classes, 1))
+        super().__init__(ConvBNAct(in_channels, mid_channels, 3), nn.Conv2d(mid_channels, num_classes, 1))
 
 
 class BiSeNetV1(_Outputs, nn.Module):
@@ -168,10 +152,10 @@ class BiSeNetV1(_Outputs, nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.spatial_path = nn.Sequential(
-            _conv_bn(3, 64, 7, stride=2),
-            _conv_bn(64, 64, 3, stride=2),
-            _conv_bn(64, 64, 3, stride=2),
-            ConvBNAct(64, 128, 1, padding=0),
+            ConvBNAct(3, 64, 7, stride=2),
+            ConvBNAct(64, 64, 3, stride=2),
+            ConvBNAct(64, 64, 3, stride=2),
+            ConvBNAct(64, 128, 1),
         )
         self.context_path = ContextPath(backbone)
         self.ffm = FeatureFusionModule(256, 256)
@@ -195,10 +179,10 @@ class StemBlock(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = _conv_bn(3, 16, 3, stride=2)
-        self.left = nn.Sequential(ConvBNAct(16, 8, 1, padding=0), _conv_bn(8, 16, 3, stride=2))
+        self.conv = ConvBNAct(3, 16, 3, stride=2)
+        self.left = nn.Sequential(ConvBNAct(16, 8, 1), ConvBNAct(8, 16, 3, stride=2))
         self.right = nn.MaxPool2d(3, stride=2, padding=1)
-        self.fuse = ConvBNAct(32, 16, 3, padding=1)
+        self.fuse = ConvBNAct(32, 16, 3)
 
     def forward(self, x: Tensor) -> Tensor:
         feat = self.conv(x)
@@ -215,20 +199,20 @@ class GatherExpansion(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, expansion: int = 6) -> None:
         super().__init__()
         mid = in_channels * expansion
-        self.conv1 = ConvBNAct(in_channels, in_channels, 3, padding=1)
+        self.conv1 = ConvBNAct(in_channels, in_channels, 3)
         if stride == 1:
-            self.dwconv = _conv_bn(in_channels, mid, 3, groups=in_channels)
+            self.dwconv = ConvBNAct(in_channels, mid, 3, groups=in_channels)
             self.shortcut: nn.Module = nn.Identity()
         else:
             self.dwconv = nn.Sequential(
-                _conv_bn(in_channels, mid, 3, stride=2, groups=in_channels, act=False),
-                _conv_bn(mid, mid, 3, groups=mid),
+                ConvBNAct(in_channels, mid, 3, stride=2, groups=in_channels, act=None),
+                ConvBNAct(mid, mid, 3, groups=mid),
             )
             self.shortcut = nn.Sequential(
-                _conv_bn(in_channels, in_channels, 3, stride=2, groups=in_channels, act=False),
-                _conv_bn(in_channels, out_channels, 1, act=False),
+                ConvBNAct(in_channels, in_channels, 3, stride=2, groups=in_channels, act=None),
+                ConvBNAct(in_channels, out_channels, 1, act=None),
             )
-        self.conv2 = _conv_bn(mid, out_channels, 1, act=False)
+        self.conv2 = ConvBNAct(mid, out_channels, 1, act=None)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -241,8 +225,8 @@ class ContextEmbedding(nn.Module):
     def __init__(self, channels: int = 128) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(channels)
-        self.conv_gap = ConvBNAct(channels, channels, 1, padding=0)
-        self.conv_last = ConvBNAct(channels, channels, 3, padding=1)
+        self.conv_gap = ConvBNAct(channels, channels, 1)
+        self.conv_last = ConvBNAct(channels, channels, 3)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv_last(x + self.conv_gap(self.bn(x.mean(dim=(2, 3), keepdim=True))))
@@ -273,11 +257,11 @@ class BilateralGuidedAggregation(nn.Module):
     def __init__(self, channels: int = 128) -> None:
         super().__init__()
         c = channels
-        self.detail_keep = nn.Sequential(_conv_bn(c, c, 3, groups=c, act=False), nn.Conv2d(c, c, 1, bias=False))
-        self.detail_down = nn.Sequential(_conv_bn(c, c, 3, stride=2, act=False), nn.AvgPool2d(3, 2, padding=1))
-        self.semantic_up = _conv_bn(c, c, 3, act=False)
-        self.semantic_keep = nn.Sequential(_conv_bn(c, c, 3, groups=c, act=False), nn.Conv2d(c, c, 1, bias=False))
-        self.conv = _conv_bn(c, c, 3)
+        self.detail_keep = nn.Sequential(ConvBNAct(c, c, 3, groups=c, act=None), nn.Conv2d(c, c, 1, bias=False))
+        self.detail_down = nn.Sequential(ConvBNAct(c, c, 3, stride=2, act=None), nn.AvgPool2d(3, 2, padding=1))
+        self.semantic_up = ConvBNAct(c, c, 3, act=None)
+        self.semantic_keep = nn.Sequential(ConvBNAct(c, c, 3, groups=c, act=None), nn.Conv2d(c, c, 1, bias=False))
+        self.conv = ConvBNAct(c, c, 3)
 
     def forward(self, detail: Tensor, semantic: Tensor) -> Tensor:
         size = detail.shape[-2:]
@@ -292,9 +276,9 @@ class SegHead(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, num_classes: int, *, booster_up: int = 0) -> None:
         super().__init__()
-        self.conv = ConvBNAct(in_channels, mid_channels, 3, padding=1)
+        self.conv = ConvBNAct(in_channels, mid_channels, 3)
         self.drop = nn.Dropout(0.1)
-        self.booster_conv = ConvBNAct(mid_channels, booster_up**2, 3, padding=1) if booster_up else None
+        self.booster_conv = ConvBNAct(mid_channels, booster_up**2, 3) if booster_up else None
         self.classifier = nn.Conv2d(booster_up**2 if booster_up else mid_channels, num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -311,14 +295,14 @@ class BiSeNetV2(_Outputs, nn.Module):
     def __init__(self, num_classes: int, head_channels: int = 1024) -> None:
         super().__init__()
         self.detail_branch = nn.Sequential(
-            _conv_bn(3, 64, 3, stride=2),
-            ConvBNAct(64, 64, 3, padding=1),
-            _conv_bn(64, 64, 3, stride=2),
-            ConvBNAct(64, 64, 3, padding=1),
-            ConvBNAct(64, 64, 3, padding=1),
-            _conv_bn(64, 128, 3, stride=2),
-            ConvBNAct(128, 128, 3, padding=1),
-            ConvBNAct(128, 128, 3, padding=1),
+            ConvBNAct(3, 64, 3, stride=2),
+            ConvBNAct(64, 64, 3),
+            ConvBNAct(64, 64, 3, stride=2),
+            ConvBNAct(64, 64, 3),
+            ConvBNAct(64, 64, 3),
+            ConvBNAct(64, 128, 3, stride=2),
+            ConvBNAct(128, 128, 3),
+            ConvBNAct(128, 128, 3),
         )
         self.semantic_branch = SemanticBranch()
         self.aggregation = BilateralGuidedAggregation(128)
@@ -356,9 +340,7 @@ _COMMON = {"task": "semantic", "input_size": (1024, 2048), "paper_kwargs": {"num
 )
 def bisenetv1_resnet18(*, num_classes: int = 19, pretrained_backbone: bool | str = False) -> BiSeNetV1:
     """BiSeNet v1 with a ResNet-18 context path (CoinCheung's layout; 13,275,539 params without aux at 19)."""
-    resnet = resnet18(weights=None)
-    load_backbone_weights(resnet, pretrained_backbone, torchvision_weights=ResNet18_Weights)
-    backbone = IntermediateLayerGetter(resnet, return_layers={"layer3": "c4", "layer4": "c5"})
+    backbone = resnet_features(18, {"layer3": "c4", "layer4": "c5"}, pretrained=pretrained_backbone)
     return BiSeNetV1(backbone, num_classes)
 
 

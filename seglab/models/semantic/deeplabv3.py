@@ -27,48 +27,50 @@ conv5 dilated 2: output stride 8). 19,442,261 parameters at 21 classes (VGG16 co
 
 from __future__ import annotations
 
-from torch import nn
-from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
-from torchvision.models._utils import IntermediateLayerGetter
+from typing import Any
+
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
-from seglab.models.backbones import load_backbone_weights
-from seglab.models.backbones.vgg import VGG16_STAGE_ENDS, vgg16
-from seglab.models.semantic.fcn_resnet import SimpleSegmentationModel, dilated_resnet
+from seglab.models.backbones.mobilenetv3 import mobilenet_v3_features
+from seglab.models.backbones.resnet import resnet_features
+from seglab.models.backbones.vgg import dilated_vgg16_features
+from seglab.models.semantic.fcn_resnet import SimpleSegmentationModel
 from seglab.registry import register_model
 
 __all__ = [
     "ASPP",
     "DeepLabHead",
     "deeplabv3_mobilenet_v3_large",
+    "deeplabv3_resnet",
     "deeplabv3_resnet50",
     "deeplabv3_resnet101",
     "deeplabv3_vgg16",
-    "dilated_vgg16_features",
 ]
 
 # Atrous rates of the three 3x3 ASPP branches at each output stride (the paper doubles them at stride 8).
 ATROUS_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
 
 
-def mobilenet_v3_stages(features: nn.Sequential) -> list[int]:
-    """Indices of the blocks that end each stage of a torchvision MobileNetV3 ``features`` (C0 ... C5)."""
-    return [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
-
-
-def _deeplabv3_resnet(
+def deeplabv3_resnet(
     depth: int,
     *,
-    num_classes: int,
-    aux_loss: bool,
-    output_stride: int,
-    multi_grid: tuple[int, ...] | None,
-    pretrained_backbone: bool | str,
+    num_classes: int = 21,
+    aux_loss: bool = True,
+    output_stride: int = 8,
+    multi_grid: tuple[int, ...] | None = None,
+    pretrained_backbone: bool | str = False,
 ) -> SimpleSegmentationModel:
-    backbone = dilated_resnet(
-        depth, output_stride=output_stride, aux=aux_loss, pretrained_backbone=pretrained_backbone,
-        multi_grid=multi_grid,
+    """DeepLabv3 on a dilated ResNet-``depth`` (50 or 101): torchvision's ``deeplabv3_resnet*`` at the defaults.
+
+    ``output_stride`` 8 (atrous rates 12/24/36) or 16 (6/12/18); ``multi_grid`` e.g. ``(1, 2, 4)`` sets layer4's
+    rates to the unit rate times the grid; ``aux_loss`` adds the FCN aux head on layer3.
+    """
+    if output_stride not in ATROUS_RATES:
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+    return_layers = {"layer4": "out", "layer3": "aux"} if aux_loss else {"layer4": "out"}
+    backbone = resnet_features(
+        depth, return_layers, pretrained=pretrained_backbone, output_stride=output_stride, multi_grid=multi_grid
     )
     classifier = DeepLabHead(2048, num_classes, atrous_rates=ATROUS_RATES[output_stride])
     aux_classifier = FCNHead(1024, num_classes) if aux_loss else None
@@ -86,35 +88,18 @@ _PAPER = {
 
 
 @register_model(**_PAPER, paper_params=42_004_074)
-def deeplabv3_resnet50(
-    *,
-    num_classes: int = 21,
-    aux_loss: bool = True,
-    output_stride: int = 8,
-    multi_grid: tuple[int, ...] | None = None,
-    pretrained_backbone: bool | str = False,
-) -> SimpleSegmentationModel:
-    """DeepLabv3 on a dilated ResNet-50 (torchvision's ``deeplabv3_resnet50`` at the defaults)."""
-    return _deeplabv3_resnet(
-        50, num_classes=num_classes, aux_loss=aux_loss, output_stride=output_stride, multi_grid=multi_grid,
-        pretrained_backbone=pretrained_backbone,
-    )
+def deeplabv3_resnet50(**kwargs: Any) -> SimpleSegmentationModel:
+    """DeepLabv3 on a dilated ResNet-50 (torchvision's ``deeplabv3_resnet50`` at the defaults); ``kwargs`` are
+    :func:`deeplabv3_resnet`'s (``num_classes``, ``aux_loss``, ``output_stride``, ``multi_grid``,
+    ``pretrained_backbone``)."""
+    return deeplabv3_resnet(50, **kwargs)
 
 
 @register_model(**_PAPER, paper_params=60_996_202)
-def deeplabv3_resnet101(
-    *,
-    num_classes: int = 21,
-    aux_loss: bool = True,
-    output_stride: int = 8,
-    multi_grid: tuple[int, ...] | None = None,
-    pretrained_backbone: bool | str = False,
-) -> SimpleSegmentationModel:
-    """DeepLabv3 on a dilated ResNet-101 (torchvision's ``deeplabv3_resnet101`` at the defaults)."""
-    return _deeplabv3_resnet(
-        101, num_classes=num_classes, aux_loss=aux_loss, output_stride=output_stride, multi_grid=multi_grid,
-        pretrained_backbone=pretrained_backbone,
-    )
+def deeplabv3_resnet101(**kwargs: Any) -> SimpleSegmentationModel:
+    """DeepLabv3 on a dilated ResNet-101 (torchvision's ``deeplabv3_resnet101`` at the defaults); ``kwargs`` as
+    :func:`deeplabv3_resnet50`."""
+    return deeplabv3_resnet(101, **kwargs)
 
 
 @register_model(**_PAPER, paper_params=11_029_328)
@@ -122,44 +107,21 @@ def deeplabv3_mobilenet_v3_large(
     *, num_classes: int = 21, aux_loss: bool = True, pretrained_backbone: bool | str = False
 ) -> SimpleSegmentationModel:
     """DeepLabv3 on the dilated MobileNetV3-Large (stride 16): ASPP on C5, the aux FCN head on C2 (stride 8)."""
-    mobilenet = mobilenet_v3_large(weights=None, dilated=True)
-    load_backbone_weights(mobilenet, pretrained_backbone, torchvision_weights=MobileNet_V3_Large_Weights)
-    features = mobilenet.features
-    stages = mobilenet_v3_stages(features)
-    out_pos, aux_pos = stages[-1], stages[-4]
-    return_layers = {str(out_pos): "out"}
-    if aux_loss:
-        return_layers[str(aux_pos)] = "aux"
-    backbone = IntermediateLayerGetter(features, return_layers=return_layers)
-    classifier = DeepLabHead(features[out_pos].out_channels, num_classes)
-    aux_classifier = FCNHead(features[aux_pos].out_channels, num_classes) if aux_loss else None
+    return_stages = {-1: "out", -4: "aux"} if aux_loss else {-1: "out"}
+    backbone, channels = mobilenet_v3_features("large", return_stages, pretrained=pretrained_backbone)
+    classifier = DeepLabHead(channels["out"], num_classes)
+    aux_classifier = FCNHead(channels["aux"], num_classes) if aux_loss else None
     return SimpleSegmentationModel(backbone, classifier, aux_classifier)
-
-
-def dilated_vgg16_features(*, pretrained_backbone: bool | str = False) -> IntermediateLayerGetter:
-    """torchvision's VGG16 ``features`` at output stride 8, as DeepLab-LargeFOV (v1/v2) sets them.
-
-    pool4 and pool5 become 3x3 max-pools with stride 1 and padding 1, and conv5_1..conv5_3 are dilated 2
-    (padding 2), so pool5 ("out", 512 channels) is at 1/8 of the input. The weights are torchvision's
-    (``pretrained_backbone`` loads a torchvision VGG16 state dict; its classifier is dropped).
-    """
-    features = vgg16(pretrained=pretrained_backbone).features
-    for index in (VGG16_STAGE_ENDS["pool4"] - 1, VGG16_STAGE_ENDS["pool5"] - 1):
-        features[index] = nn.MaxPool2d(3, stride=1, padding=1)
-    for layer in features[VGG16_STAGE_ENDS["pool4"] : VGG16_STAGE_ENDS["pool5"]]:
-        if isinstance(layer, nn.Conv2d):
-            layer.dilation, layer.padding = (2, 2), (2, 2)
-    return IntermediateLayerGetter(features, return_layers={str(VGG16_STAGE_ENDS["pool5"] - 1): "out"})
 
 
 @register_model(**{**_PAPER, "input_size": (513, 513)})
 def deeplabv3_vgg16(*, num_classes: int = 21, pretrained_backbone: bool | str = False) -> SimpleSegmentationModel:
     """DeepLabv3's ASPP head on a dilated VGG16 (output stride 8): a seglab design choice, not the paper's net.
 
-    The paper uses ResNet; no official DeepLabv3-VGG16 exists. The backbone here is DeepLab v1/v2's VGG16
-    (pool4/pool5 stride 1, conv5 dilated 2; :func:`dilated_vgg16_features`), the head torchvision's
-    ``DeepLabHead(512)`` with the output-stride-8 rates 12/24/36, no aux head. 19,442,261 parameters at 21
-    classes (VGG16 conv layers 14,714,688 + head 4,727,573).
+    The paper uses ResNet; no official DeepLabv3-VGG16 exists. The backbone is DeepLab v1/v2's VGG16 (pool4/pool5
+    stride 1, conv5 dilated 2; :func:`~seglab.models.backbones.vgg.dilated_vgg16_features`), the head
+    torchvision's ``DeepLabHead(512)`` with the output-stride-8 rates 12/24/36, no aux head. 19,442,261
+    parameters at 21 classes (VGG16 conv layers 14,714,688 + head 4,727,573).
     """
-    backbone = dilated_vgg16_features(pretrained_backbone=pretrained_backbone)
+    backbone = dilated_vgg16_features(pretrained=pretrained_backbone)
     return SimpleSegmentationModel(backbone, DeepLabHead(512, num_classes, atrous_rates=ATROUS_RATES[8]))

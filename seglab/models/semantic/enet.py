@@ -34,26 +34,21 @@ classes, Cityscapes); the paper quotes 0.37M.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab.models.layers import MaxUnpool2d, pad_to_multiple
+from seglab.models.layers import ConvBNAct, MaxUnpool2d, pad_to_multiple
 from seglab.registry import register_model
 
 __all__ = ["ENet", "enet"]
 
 
-def _activation(relu: bool) -> nn.Module:
-    return nn.ReLU() if relu else nn.PReLU()
-
-
-def _conv_bn_act(conv: nn.Module, channels: int, relu: bool | None) -> nn.Sequential:
-    """``conv`` then BatchNorm, then ReLU/PReLU (``relu`` True/False) or nothing (``relu`` None)."""
-    layers = [conv, nn.BatchNorm2d(channels)]
-    if relu is not None:
-        layers.append(_activation(relu))
-    return nn.Sequential(*layers)
+def _activation(relu: bool) -> Callable[[], nn.Module]:
+    """ENet's activation: ReLU (not in place, as the reference) or PReLU (the paper's encoder), as a factory."""
+    return nn.ReLU if relu else nn.PReLU
 
 
 class InitialBlock(nn.Module):
@@ -64,7 +59,7 @@ class InitialBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels - in_channels, 3, stride=2, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2, stride=2)
         self.bn = nn.BatchNorm2d(out_channels)
-        self.activation = _activation(relu)
+        self.activation = _activation(relu)()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.activation(self.bn(torch.cat([self.conv(x), self.pool(x)], dim=1)))
@@ -87,20 +82,18 @@ class RegularBottleneck(nn.Module):
         super().__init__()
         internal = channels // projection_ratio
         pad = dilation * (kernel_size - 1) // 2
-        self.projection = _conv_bn_act(nn.Conv2d(channels, internal, 1, bias=False), internal, relu)
+        act = _activation(relu)
+        self.projection = ConvBNAct(channels, internal, 1, act=act)
         if asymmetric:
             self.conv = nn.Sequential(
-                _conv_bn_act(nn.Conv2d(internal, internal, (kernel_size, 1), padding=(pad, 0), bias=False),
-                             internal, relu),
-                _conv_bn_act(nn.Conv2d(internal, internal, (1, kernel_size), padding=(0, pad), bias=False),
-                             internal, relu),
+                ConvBNAct(internal, internal, (kernel_size, 1), padding=(pad, 0), act=act),
+                ConvBNAct(internal, internal, (1, kernel_size), padding=(0, pad), act=act),
             )
         else:
-            conv = nn.Conv2d(internal, internal, kernel_size, padding=pad, dilation=dilation, bias=False)
-            self.conv = _conv_bn_act(conv, internal, relu)
-        self.expansion = _conv_bn_act(nn.Conv2d(internal, channels, 1, bias=False), channels, relu)
+            self.conv = ConvBNAct(internal, internal, kernel_size, padding=pad, dilation=dilation, act=act)
+        self.expansion = ConvBNAct(internal, channels, 1, act=act)
         self.dropout = nn.Dropout2d(dropout)
-        self.activation = _activation(relu)
+        self.activation = _activation(relu)()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.activation(x + self.dropout(self.expansion(self.conv(self.projection(x)))))
@@ -115,11 +108,12 @@ class DownsamplingBottleneck(nn.Module):
         super().__init__()
         internal = in_channels // projection_ratio
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
-        self.projection = _conv_bn_act(nn.Conv2d(in_channels, internal, 2, stride=2, bias=False), internal, relu)
-        self.conv = _conv_bn_act(nn.Conv2d(internal, internal, 3, padding=1, bias=False), internal, relu)
-        self.expansion = _conv_bn_act(nn.Conv2d(internal, out_channels, 1, bias=False), out_channels, relu)
+        act = _activation(relu)
+        self.projection = ConvBNAct(in_channels, internal, 2, stride=2, act=act)
+        self.conv = ConvBNAct(internal, internal, 3, act=act)
+        self.expansion = ConvBNAct(internal, out_channels, 1, act=act)
         self.dropout = nn.Dropout2d(dropout)
-        self.activation = _activation(relu)
+        self.activation = _activation(relu)()
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         main, indices = self.pool(x)
@@ -136,13 +130,14 @@ class UpsamplingBottleneck(nn.Module):
     ) -> None:
         super().__init__()
         internal = in_channels // projection_ratio
-        self.main_conv = _conv_bn_act(nn.Conv2d(in_channels, out_channels, 1, bias=False), out_channels, None)
+        act = _activation(relu)
+        self.main_conv = ConvBNAct(in_channels, out_channels, 1, act=None)
         self.unpool = MaxUnpool2d(2)  # nn.MaxUnpool2d as a scatter: exports to ONNX
-        self.projection = _conv_bn_act(nn.Conv2d(in_channels, internal, 1, bias=False), internal, relu)
-        self.tconv = _conv_bn_act(nn.ConvTranspose2d(internal, internal, 2, stride=2, bias=False), internal, relu)
-        self.expansion = _conv_bn_act(nn.Conv2d(internal, out_channels, 1, bias=False), out_channels, None)
+        self.projection = ConvBNAct(in_channels, internal, 1, act=act)
+        self.tconv = ConvBNAct(internal, internal, 2, stride=2, act=act, transposed=True)
+        self.expansion = ConvBNAct(internal, out_channels, 1, act=None)
         self.dropout = nn.Dropout2d(dropout)
-        self.activation = _activation(relu)
+        self.activation = _activation(relu)()
 
     def forward(self, x: Tensor, indices: Tensor, output_size: torch.Size) -> Tensor:
         main = self.unpool(self.main_conv(x), indices, output_size)

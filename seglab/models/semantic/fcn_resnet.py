@@ -21,17 +21,13 @@ fcn_resnet101 54,314,346, equal to torchvision's ``num_params``.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.models import ResNet, ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.fcn import FCNHead
 
-from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import resize_logits
+from seglab.models.backbones.resnet import resnet_features
+from seglab.models.layers import resize_logits, seg_output
 from seglab.registry import register_model
 
-__all__ = ["SimpleSegmentationModel", "dilated_resnet", "fcn_resnet50", "fcn_resnet101"]
-
-_RESNETS = {50: (resnet50, ResNet50_Weights), 101: (resnet101, ResNet101_Weights)}
+__all__ = ["SimpleSegmentationModel", "fcn_resnet50", "fcn_resnet101"]
 
 
 class SimpleSegmentationModel(nn.Module):
@@ -51,47 +47,15 @@ class SimpleSegmentationModel(nn.Module):
         size = x.shape[-2:]
         features = self.backbone(x)
         out = resize_logits(self.classifier(features["out"]), size)
-        if not self.training or self.aux_classifier is None:
-            return out
-        aux = resize_logits(self.aux_classifier(features["aux"]), size)
-        return {"out": out, "aux": [aux]}
-
-
-def dilated_resnet(
-    depth: int,
-    *,
-    output_stride: int = 8,
-    aux: bool,
-    pretrained_backbone: bool | str = False,
-    multi_grid: tuple[int, ...] | None = None,
-) -> IntermediateLayerGetter:
-    """torchvision's ResNet-``depth`` with dilated layer3/layer4, returning layer4 as "out" (layer3 as "aux").
-
-    ``output_stride`` 8 dilates layer3 (rate 2) and layer4 (rate 4); 16 dilates only layer4 (rate 2).
-    ``multi_grid`` (DeepLabv3's Multi-grid, e.g. ``(1, 2, 4)``) sets layer4's block rates to the unit rate times
-    the grid; without it the rates are torchvision's.
-    """
-    if output_stride not in (8, 16):
-        raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
-    build, weights = _RESNETS[depth]
-    resnet: ResNet = build(weights=None, replace_stride_with_dilation=[False, output_stride == 8, True])
-    load_backbone_weights(resnet, pretrained_backbone, torchvision_weights=weights)
-    if multi_grid is not None:
-        blocks = list(resnet.layer4)
-        if len(multi_grid) != len(blocks):
-            raise ValueError(f"multi_grid needs {len(blocks)} rates (one per layer4 block), got {multi_grid}")
-        unit_rate = 4 if output_stride == 8 else 2
-        for block, grid in zip(blocks, multi_grid, strict=True):
-            block.conv2.dilation = (unit_rate * grid,) * 2
-            block.conv2.padding = (unit_rate * grid,) * 2
-    return_layers = {"layer4": "out"}
-    if aux:
-        return_layers["layer3"] = "aux"
-    return IntermediateLayerGetter(resnet, return_layers=return_layers)
+        aux = None
+        if self.training and self.aux_classifier is not None:
+            aux = [resize_logits(self.aux_classifier(features["aux"]), size)]
+        return seg_output(out, aux, training=self.training)
 
 
 def _fcn_resnet(depth: int, num_classes: int, aux_loss: bool, pretrained_backbone: bool | str) -> nn.Module:
-    backbone = dilated_resnet(depth, aux=aux_loss, pretrained_backbone=pretrained_backbone)
+    return_layers = {"layer4": "out", "layer3": "aux"} if aux_loss else {"layer4": "out"}
+    backbone = resnet_features(depth, return_layers, pretrained=pretrained_backbone, output_stride=8)
     aux_classifier = FCNHead(1024, num_classes) if aux_loss else None
     return SimpleSegmentationModel(backbone, FCNHead(2048, num_classes), aux_classifier)
 

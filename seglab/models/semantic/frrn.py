@@ -64,9 +64,7 @@ class ResidualUnit(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv1 = ConvBNAct(in_channels, out_channels, 3)
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
-        )
+        self.conv2 = ConvBNAct(out_channels, out_channels, 3, act=None)
         self.projection = (
             nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1, bias=False)
         )
@@ -119,9 +117,9 @@ class FRRN(nn.Module):
         base, lanes = BASE_CHANNELS, RESIDUAL_CHANNELS
         self.divisor = max(scale for _, _, scale in encoder)
         self.stem = nn.Sequential(
-            ConvBNAct(in_channels, base, 5, padding=2), *(ResidualUnit(base, base) for _ in range(3))
+            ConvBNAct(in_channels, base, 5), *(ResidualUnit(base, base) for _ in range(3))
         )
-        self.split = nn.Sequential(nn.Conv2d(base, lanes, 1, bias=False), nn.BatchNorm2d(lanes))
+        self.split = ConvBNAct(base, lanes, 1, act=None)
         groups, channels = [], base
         for units, out_channels, scale in encoder:
             groups.append(_group(channels, units, out_channels, scale))
@@ -154,33 +152,22 @@ class FRRN(nn.Module):
         return self.classifier(x)[..., :h, :w]
 
 
-_PAPER = "Full-Resolution Residual Networks for Semantic Segmentation in Street Scenes"
-_URL = "https://arxiv.org/abs/1611.08323"
+_PAPER = {
+    "task": "semantic",
+    "paper": "Full-Resolution Residual Networks for Semantic Segmentation in Street Scenes",
+    "year": 2017,
+    "url": "https://arxiv.org/abs/1611.08323",
+    "paper_kwargs": {"num_classes": 19},
+}
 
 
-@register_model(
-    task="semantic",
-    paper=_PAPER,
-    year=2017,
-    input_size=(256, 512),
-    url=_URL,
-    paper_kwargs={"num_classes": 19},
-    paper_params=17_712_243,
-)
+@register_model(**_PAPER, input_size=(256, 512), paper_params=17_712_243)
 def frrn_a(*, num_classes: int = 19, in_channels: int = 3) -> FRRN:
     """FRRN A (four pooling steps, trained at a quarter of Cityscapes' resolution); Cityscapes' 19 classes."""
     return FRRN(num_classes=num_classes, encoder=FRRN_A_ENCODER, decoder=FRRN_A_DECODER, in_channels=in_channels)
 
 
-@register_model(
-    task="semantic",
-    paper=_PAPER,
-    year=2017,
-    input_size=(512, 1024),
-    url=_URL,
-    paper_kwargs={"num_classes": 19},
-    paper_params=24_721_139,
-)
+@register_model(**_PAPER, input_size=(512, 1024), paper_params=24_721_139)
 def frrn_b(*, num_classes: int = 19, in_channels: int = 3) -> FRRN:
     """FRRN B (five pooling steps, trained at half of Cityscapes' resolution); Cityscapes' 19 classes."""
     return FRRN(num_classes=num_classes, encoder=FRRN_B_ENCODER, decoder=FRRN_B_DECODER, in_channels=in_channels)

@@ -20,23 +20,11 @@ lraspp_mobilenet_v3_small 1,077,954 (no reference count).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import Tensor, nn
-from torchvision.models import (
-    MobileNet_V3_Large_Weights,
-    MobileNet_V3_Small_Weights,
-    MobileNetV3,
-    WeightsEnum,
-    mobilenet_v3_large,
-    mobilenet_v3_small,
-)
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
-from seglab.models.backbones import load_backbone_weights
+from seglab.models.backbones.mobilenetv3 import mobilenet_v3_features
 from seglab.models.layers import resize_logits
-from seglab.models.semantic.deeplabv3 import mobilenet_v3_stages
 from seglab.registry import register_model
 
 __all__ = ["LRASPP", "LRASPPHead", "lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_small"]
@@ -57,16 +45,9 @@ class LRASPP(nn.Module):
         return resize_logits(logits, x.shape[-2:])
 
 
-def _lraspp(
-    build: Callable[..., MobileNetV3], weights: type[WeightsEnum], num_classes: int, pretrained_backbone: bool | str
-) -> LRASPP:
-    mobilenet = build(weights=None, dilated=True)
-    load_backbone_weights(mobilenet, pretrained_backbone, torchvision_weights=weights)
-    features = mobilenet.features
-    stages = mobilenet_v3_stages(features)
-    low_pos, high_pos = stages[-4], stages[-1]
-    backbone = IntermediateLayerGetter(features, return_layers={str(low_pos): "low", str(high_pos): "high"})
-    return LRASPP(backbone, features[low_pos].out_channels, features[high_pos].out_channels, num_classes)
+def _lraspp(variant: str, num_classes: int, pretrained_backbone: bool | str) -> LRASPP:
+    backbone, channels = mobilenet_v3_features(variant, {-4: "low", -1: "high"}, pretrained=pretrained_backbone)
+    return LRASPP(backbone, channels["low"], channels["high"], num_classes)
 
 
 _PAPER = {
@@ -82,10 +63,10 @@ _PAPER = {
 @register_model(**_PAPER, paper_params=3_221_538)
 def lraspp_mobilenet_v3_large(*, num_classes: int = 21, pretrained_backbone: bool | str = False) -> LRASPP:
     """LR-ASPP on the dilated MobileNetV3-Large (torchvision's ``lraspp_mobilenet_v3_large``)."""
-    return _lraspp(mobilenet_v3_large, MobileNet_V3_Large_Weights, num_classes, pretrained_backbone)
+    return _lraspp("large", num_classes, pretrained_backbone)
 
 
 @register_model(**_PAPER)
 def lraspp_mobilenet_v3_small(*, num_classes: int = 21, pretrained_backbone: bool | str = False) -> LRASPP:
     """LR-ASPP on the dilated MobileNetV3-Small (the same wiring; not a torchvision model)."""
-    return _lraspp(mobilenet_v3_small, MobileNet_V3_Small_Weights, num_classes, pretrained_backbone)
+    return _lraspp("small", num_classes, pretrained_backbone)

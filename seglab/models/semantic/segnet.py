@@ -39,11 +39,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import VGG16_BN_Weights
-from torchvision.models import vgg16_bn as tv_vgg16_bn
 
-from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import MaxUnpool2d
+from seglab.models.backbones.vgg import vgg16_bn
+from seglab.models.layers import ConvBNAct, MaxUnpool2d
 from seglab.registry import register_model
 
 __all__ = ["SegNet", "SegNetEncoder", "bayesian_segnet_vgg16", "segnet_vgg16"]
@@ -61,13 +59,6 @@ DECODER_UNITS = {
 DROPOUT_STAGES = (3, 4, 5)
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """A SegNet conv unit as in the Caffe nets: 3x3 conv with bias + BN + ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
-    )
-
-
 class SegNetEncoder(nn.Module):
     """torchvision's vgg16_bn ``features`` split into ``stage1..stage5`` (convs) and ``pool1..pool5``.
 
@@ -78,8 +69,7 @@ class SegNetEncoder(nn.Module):
 
     def __init__(self, *, pretrained: bool | str = False, dropout: float = 0.0) -> None:
         super().__init__()
-        vgg = tv_vgg16_bn(weights=None)
-        load_backbone_weights(vgg, pretrained, torchvision_weights=VGG16_BN_Weights)
+        vgg = vgg16_bn(pretrained=pretrained)
         pool_at = [i for i, layer in enumerate(vgg.features) if isinstance(layer, nn.MaxPool2d)]
         start = 0
         for stage, end in enumerate(pool_at, 1):
@@ -113,7 +103,7 @@ class SegNet(nn.Module):
         self.encoder = SegNetEncoder(pretrained=pretrained_backbone, dropout=dropout)
         # decoder{s} mirrors encoder stage s: unpool with pool{s}'s indices, then its conv units.
         for stage in range(5, 0, -1):
-            units = (_conv_bn_relu(i, o) for i, o in DECODER_UNITS[stage])
+            units = (ConvBNAct(i, o, 3, bias=True) for i, o in DECODER_UNITS[stage])  # Caffe: conv with bias + BN
             self.add_module(f"unpool{stage}", MaxUnpool2d(2, 2))  # a scatter: exports to ONNX
             self.add_module(f"decoder{stage}", nn.Sequential(*units))
             if dropout > 0 and stage in DROPOUT_STAGES:

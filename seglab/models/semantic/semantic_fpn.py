@@ -23,20 +23,16 @@ Parameters at 19 classes (``sum(p.numel())``): semantic_fpn_resnet50 28,478,675 
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from functools import partial
 
 from torch import Tensor, nn
-from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 
-from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import pad_to_multiple, resize_logits
+from seglab.models.backbones.resnet import resnet_features
+from seglab.models.layers import ConvBNAct, pad_to_multiple, resize_logits
 from seglab.registry import register_model
 
 __all__ = ["SemanticFPN", "SemanticFPNHead", "semantic_fpn_resnet50", "semantic_fpn_resnet101"]
-
-_RESNETS = {50: (resnet50, ResNet50_Weights), 101: (resnet101, ResNet101_Weights)}
 
 # Pyramid levels and their strides: P2 (1/4) ... P5 (1/32).
 LEVEL_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
@@ -44,11 +40,7 @@ LEVEL_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
 
 def scale_stage(in_channels: int, out_channels: int, *, upsample: bool) -> nn.Sequential:
     """3x3 conv (no bias) + GroupNorm(32) + ReLU, then 2x bilinear upsampling when ``upsample``."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.GroupNorm(32, out_channels),
-        nn.ReLU(inplace=True),
-    ]
+    layers: list[nn.Module] = [*ConvBNAct(in_channels, out_channels, 3, norm=partial(nn.GroupNorm, 32))]
     if upsample:
         layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
     return nn.Sequential(*layers)
@@ -101,12 +93,8 @@ class SemanticFPN(nn.Module):
 
 
 def _semantic_fpn_resnet(depth: int, num_classes: int, pretrained_backbone: bool | str) -> SemanticFPN:
-    build, weights = _RESNETS[depth]
-    resnet = build(weights=None)
-    load_backbone_weights(resnet, pretrained_backbone, torchvision_weights=weights)
-    backbone = IntermediateLayerGetter(
-        resnet, return_layers=OrderedDict(layer1="c2", layer2="c3", layer3="c4", layer4="c5")
-    )
+    return_layers = {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"}
+    backbone = resnet_features(depth, return_layers, pretrained=pretrained_backbone)
     fpn = FeaturePyramidNetwork([256, 512, 1024, 2048], 256)
     return SemanticFPN(backbone, fpn, SemanticFPNHead(256, num_classes))
 

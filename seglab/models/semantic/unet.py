@@ -23,6 +23,8 @@ variant, and the weighted loss with border weight maps (the loss is the trainer'
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -129,18 +131,8 @@ class UNet(nn.Module):
     paper_kwargs={"in_channels": 1, "num_classes": 2, "padding": False, "batch_norm": False},
     paper_params=31_030_658,
 )
-def unet(
-    *,
-    num_classes: int = 2,
-    in_channels: int = 3,
-    base_width: int = 64,
-    depth: int = 4,
-    padding: bool = True,
-    batch_norm: bool = True,
-    dropout: float = 0.0,
-) -> UNet:
-    """U-Net; the defaults are the modern padded + BatchNorm variant, ``paper_kwargs`` the paper's."""
-    return UNet(
-        num_classes=num_classes, in_channels=in_channels, base_width=base_width, depth=depth, padding=padding,
-        batch_norm=batch_norm, dropout=dropout,
-    )
+def unet(*, num_classes: int = 2, **kwargs: Any) -> UNet:
+    """U-Net; ``kwargs`` are :class:`UNet`'s (``in_channels``, ``base_width``, ``depth``, ``padding``,
+    ``batch_norm``, ``dropout``), whose defaults are the modern padded + BatchNorm variant; ``paper_kwargs`` the
+    paper's."""
+    return UNet(num_classes=num_classes, **kwargs)

@@ -21,10 +21,9 @@ smp: smp refuses sizes that are not multiples of 32; here the input is zero-padd
 multiple of 32 and the logits are cropped back, so any size works (at multiples of 32 the outputs are smp's).
 The model returns the logits Tensor in train and eval mode (no aux head).
 
-Parameters (``sum(p.numel())``, equal to smp 0.6.0's ``Unet(name, encoder_weights=None, classes=K)``): at 21
-classes unet_resnet18 14,331,109, unet_resnet34 24,439,269, unet_resnet50 32,524,005; at 19 classes (the
-setting of shared/reference/models.md, whose smp counts are ``paper_params``) 14,330,819, 24,438,979 and
-32,523,715.
+Parameters (``sum(p.numel())``, equal to smp 0.6.0's ``Unet(name, encoder_weights=None, classes=K)``): at 21 classes
+unet_resnet18 14,331,109, unet_resnet34 24,439,269, unet_resnet50 32,524,005; at 19 classes (the setting of the smp
+reference counts, which are ``paper_params``) 14,330,819, 24,438,979 and 32,523,715.
 """
 
 from __future__ import annotations
@@ -35,17 +34,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import (
-    ResNet18_Weights,
-    ResNet34_Weights,
-    ResNet50_Weights,
-    resnet18,
-    resnet34,
-    resnet50,
-)
-from torchvision.models._utils import IntermediateLayerGetter
 
-from seglab.models.backbones import load_backbone_weights
+from seglab.models.backbones.resnet import resnet_features
 from seglab.models.layers import ConvBNAct, pad_to_multiple
 from seglab.registry import register_model
 
@@ -53,7 +43,6 @@ __all__ = ["DECODER_CHANNELS", "UNetResNet", "UNetDecoderBlock", "unet_resnet18"
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 OUTPUT_STRIDE = 32
-_RESNETS = {18: (resnet18, ResNet18_Weights), 34: (resnet34, ResNet34_Weights), 50: (resnet50, ResNet50_Weights)}
 # torchvision ResNet module -> feature name; IntermediateLayerGetter stops after layer4 (no avgpool, fc)
 _RETURN_LAYERS = OrderedDict(relu="stride2", layer1="stride4", layer2="stride8", layer3="stride16", layer4="stride32")
 
@@ -111,10 +100,7 @@ class UNetResNet(nn.Module):
 
 
 def _unet_resnet(depth: int, num_classes: int, pretrained_backbone: bool | str) -> UNetResNet:
-    build, weights = _RESNETS[depth]
-    resnet = build(weights=None)
-    load_backbone_weights(resnet, pretrained_backbone, torchvision_weights=weights)
-    encoder = IntermediateLayerGetter(resnet, return_layers=dict(_RETURN_LAYERS))
+    encoder = resnet_features(depth, _RETURN_LAYERS, pretrained=pretrained_backbone)
     expansion = 4 if depth >= 50 else 1
     channels = (64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion)
     return UNetResNet(encoder, channels, num_classes)

@@ -5,19 +5,19 @@ Windows", ICCV 2021, arXiv 2103.14030; Xiao, Liu, Zhou, Jiang, Sun, "Unified Per
 Understanding", ECCV 2018, arXiv 1807.10221. Setting: mmseg's ``configs/_base_/models/upernet_swin.py`` as used by
 SwinTransformer/Swin-Transformer-Semantic-Segmentation (ADE20K, 150 classes, 512x512 crops).
 
-Faithful: the backbone is torchvision's ``swin_t`` / ``swin_s`` / ``swin_b`` (patch 4, window 7; embed 96/96/128,
-depths 2-2-6-2 / 2-2-18-2 / 2-2-18-2), its ``features`` split after each of the 4 stages (strides 4, 8, 16, 32),
-each stage output passed through its own LayerNorm (the segmentation repo's ``out_indices`` norms) and permuted
-from NHWC to NCHW; torchvision's final ``norm`` and classifier ``head`` are dropped. Stochastic depth 0.3 (the
-configs' ``drop_path_rate``), increasing linearly over the blocks as in both implementations. The UperHead
-(:class:`UperHead`): a PPM (pool scales 1, 2, 3, 6; 1x1 conv 512 + BN + ReLU each, upsampled and concatenated
-with the last stage, then a 3x3 conv 512) on stage 4; 1x1 lateral convs (512) on stages 1-3; a top-down pathway
-adding the upsampled coarser level; 3x3 FPN convs (512) on levels 1-3; the 4 levels upsampled to stride 4 and
-concatenated (4 x 512 channels), a 3x3 conv 512 bottleneck, dropout 0.1 and a 1x1 classifier. All convs of the
-head are conv + BN + ReLU without conv bias (mmseg's ``ConvModule``). The auxiliary FCN head
-(:class:`AuxFCNHead`) on stage 3: one 3x3 conv 256 + BN + ReLU, dropout 0.1, 1x1 classifier (mmseg's ``FCNHead``
-with ``num_convs=1, channels=256, concat_input=False``); its loss weight in the paper's setting is 0.4 (the
-training configuration's business, not the model's).
+Faithful: the backbone (:mod:`seglab.models.backbones.swin`) is torchvision's ``swin_t`` / ``swin_s`` / ``swin_b``
+(patch 4, window 7; embed 96/96/128, depths 2-2-6-2 / 2-2-18-2 / 2-2-18-2), its ``features`` split after each of the
+4 stages (strides 4, 8, 16, 32), each stage output passed through its own LayerNorm (the segmentation repo's
+``out_indices`` norms) and permuted from NHWC to NCHW; torchvision's final ``norm`` and classifier ``head`` are
+dropped. Stochastic depth 0.3 (the configs' ``drop_path_rate``), increasing linearly over the blocks as in both
+implementations. The UperHead (:class:`UperHead`): a PPM (pool scales 1, 2, 3, 6; 1x1 conv 512 + BN + ReLU each,
+upsampled and concatenated with the last stage, then a 3x3 conv 512) on stage 4; 1x1 lateral convs (512) on stages
+1-3; a top-down pathway adding the upsampled coarser level; 3x3 FPN convs (512) on levels 1-3; the 4 levels
+upsampled to stride 4 and concatenated (4 x 512 channels), a 3x3 conv 512 bottleneck, dropout 0.1 and a 1x1
+classifier. All convs of the head are conv + BN + ReLU without conv bias (mmseg's ``ConvModule``). The auxiliary FCN
+head (:class:`AuxFCNHead`) on stage 3: one 3x3 conv 256 + BN + ReLU, dropout 0.1, 1x1 classifier (mmseg's
+``FCNHead`` with ``num_convs=1, channels=256, concat_input=False``); its loss weight in the paper's setting is 0.4
+(the training configuration's business, not the model's).
 
 Deviations: the input is zero-padded (right, bottom) to a multiple of 32 inside ``forward`` and the logits are
 cropped back, so any H, W works (mmseg pads in its data pipeline instead). The output contract is seglab's
@@ -35,60 +35,30 @@ are ``(2*7-1)^2 x heads`` in both; only their key layout differs).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import Swin_B_Weights, Swin_S_Weights, Swin_T_Weights, SwinTransformer, WeightsEnum
 
-from seglab.models.backbones import load_backbone_weights
-from seglab.models.layers import AdaptiveAvgPool2d, ConvBNAct, pad_to_multiple, resize_logits
+from seglab.models.backbones.swin import SwinFeatures, swin_features
+from seglab.models.layers import AdaptiveAvgPool2d, ConvBNAct, pad_to_multiple, resize_logits, seg_output
 from seglab.registry import register_model
 
 __all__ = [
     "AuxFCNHead",
     "PyramidPoolingModule",
-    "SwinFeatures",
     "UperHead",
     "UperNet",
+    "upernet_swin",
     "upernet_swin_b",
     "upernet_swin_s",
     "upernet_swin_t",
 ]
 
-# torchvision's swin_t / swin_s / swin_b: (embed_dim, depths, num_heads, weights); patch 4, window 7 for all.
-_SWINS: dict[str, tuple[int, list[int], list[int], type[WeightsEnum]]] = {
-    "t": (96, [2, 2, 6, 2], [3, 6, 12, 24], Swin_T_Weights),
-    "s": (96, [2, 2, 18, 2], [3, 6, 12, 24], Swin_S_Weights),
-    "b": (128, [2, 2, 18, 2], [4, 8, 16, 32], Swin_B_Weights),
-}
-
 
 def _resize(x: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-class SwinFeatures(nn.Module):
-    """The 4 stage outputs of a torchvision Swin ``features``, each layer-normed and permuted to NCHW.
-
-    ``features`` is torchvision's Sequential (patch embedding, stage 1, merging, stage 2, ..., stage 4), kept
-    whole so torchvision's keys hold; the outputs are taken after the blocks at ``stage_ends`` (1, 3, 5, 7).
-    """
-
-    def __init__(self, features: nn.Sequential, channels: list[int]) -> None:
-        super().__init__()
-        self.features = features
-        self.stage_ends = (1, 3, 5, 7)
-        self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in channels)
-        self.out_channels = list(channels)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        outs = []
-        for i, block in enumerate(self.features):
-            x = block(x)
-            if i in self.stage_ends:
-                norm = self.out_norms[len(outs)]
-                outs.append(norm(x).permute(0, 3, 1, 2).contiguous())
-        return outs
 
 
 class PyramidPoolingModule(nn.ModuleList):
@@ -99,7 +69,7 @@ class PyramidPoolingModule(nn.ModuleList):
 
     def __init__(self, in_channels: int, channels: int, pool_scales: tuple[int, ...] = (1, 2, 3, 6)) -> None:
         super().__init__(
-            nn.Sequential(AdaptiveAvgPool2d(s), ConvBNAct(in_channels, channels, 1, padding=0))
+            nn.Sequential(AdaptiveAvgPool2d(s), ConvBNAct(in_channels, channels, 1))
             for s in pool_scales
         )
         self.pool_scales = tuple(pool_scales)
@@ -123,7 +93,7 @@ class UperHead(nn.Module):
         super().__init__()
         self.ppm = PyramidPoolingModule(in_channels[-1], channels, pool_scales)
         self.ppm_bottleneck = ConvBNAct(in_channels[-1] + len(pool_scales) * channels, channels, 3)
-        self.lateral_convs = nn.ModuleList(ConvBNAct(c, channels, 1, padding=0) for c in in_channels[:-1])
+        self.lateral_convs = nn.ModuleList(ConvBNAct(c, channels, 1) for c in in_channels[:-1])
         self.fpn_convs = nn.ModuleList(ConvBNAct(channels, channels, 3) for _ in in_channels[:-1])
         self.fpn_bottleneck = ConvBNAct(len(in_channels) * channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
@@ -183,23 +153,24 @@ class UperNet(nn.Module):
         padded = x.shape[-2:]
         features = self.backbone(x)
         out = resize_logits(self.decode_head(features), padded)[..., :h, :w]
-        if not self.training or self.aux_head is None:
-            return out
-        aux = resize_logits(self.aux_head(features[2]), padded)[..., :h, :w]
-        return {"out": out, "aux": [aux]}
+        aux = None
+        if self.training and self.aux_head is not None:
+            aux = [resize_logits(self.aux_head(features[2]), padded)[..., :h, :w]]
+        return seg_output(out, aux, training=self.training)
 
 
-def _upernet_swin(
-    variant: str, *, num_classes: int, aux_loss: bool, pretrained_backbone: bool | str, drop_path_rate: float
+def upernet_swin(
+    variant: str,
+    *,
+    num_classes: int = 150,
+    aux_loss: bool = True,
+    pretrained_backbone: bool | str = False,
+    drop_path_rate: float = 0.3,
 ) -> UperNet:
-    embed, depths, num_heads, weights = _SWINS[variant]
-    swin = SwinTransformer(
-        patch_size=[4, 4], embed_dim=embed, depths=depths, num_heads=num_heads, window_size=[7, 7],
-        stochastic_depth_prob=drop_path_rate,
-    )
-    load_backbone_weights(swin, pretrained_backbone, torchvision_weights=weights)
-    channels = [embed * 2**i for i in range(4)]
-    backbone = SwinFeatures(swin.features, channels)
+    """UperNet on torchvision's Swin ``variant`` ("t", "s" or "b"), with the aux FCN head on stage 3 when
+    ``aux_loss`` (its loss weight is 0.4 in the paper's setting); ``drop_path_rate`` is the stochastic depth."""
+    backbone = swin_features(variant, pretrained=pretrained_backbone, drop_path_rate=drop_path_rate)
+    channels = backbone.out_channels
     decode_head = UperHead(channels, num_classes)
     aux_head = AuxFCNHead(channels[2], num_classes) if aux_loss else None
     return UperNet(backbone, decode_head, aux_head)
@@ -216,45 +187,19 @@ _PAPER = {
 
 
 @register_model(**_PAPER, paper_params=59_941_862)
-def upernet_swin_t(
-    *,
-    num_classes: int = 150,
-    aux_loss: bool = True,
-    pretrained_backbone: bool | str = False,
-    drop_path_rate: float = 0.3,
-) -> UperNet:
-    """UperNet on Swin-T (embed 96, depths 2-2-6-2); aux FCN head on stage 3 (loss weight 0.4 in the paper)."""
-    return _upernet_swin(
-        "t", num_classes=num_classes, aux_loss=aux_loss, pretrained_backbone=pretrained_backbone,
-        drop_path_rate=drop_path_rate,
-    )
+def upernet_swin_t(**kwargs: Any) -> UperNet:
+    """UperNet on Swin-T (embed 96, depths 2-2-6-2); ``kwargs`` are :func:`upernet_swin`'s (``num_classes``,
+    ``aux_loss``, ``pretrained_backbone``, ``drop_path_rate``)."""
+    return upernet_swin("t", **kwargs)
 
 
 @register_model(**_PAPER, paper_params=81_259_766)
-def upernet_swin_s(
-    *,
-    num_classes: int = 150,
-    aux_loss: bool = True,
-    pretrained_backbone: bool | str = False,
-    drop_path_rate: float = 0.3,
-) -> UperNet:
-    """UperNet on Swin-S (embed 96, depths 2-2-18-2); aux FCN head on stage 3 (loss weight 0.4 in the paper)."""
-    return _upernet_swin(
-        "s", num_classes=num_classes, aux_loss=aux_loss, pretrained_backbone=pretrained_backbone,
-        drop_path_rate=drop_path_rate,
-    )
+def upernet_swin_s(**kwargs: Any) -> UperNet:
+    """UperNet on Swin-S (embed 96, depths 2-2-18-2); ``kwargs`` as :func:`upernet_swin_t`."""
+    return upernet_swin("s", **kwargs)
 
 
 @register_model(**_PAPER, paper_params=121_279_716)
-def upernet_swin_b(
-    *,
-    num_classes: int = 150,
-    aux_loss: bool = True,
-    pretrained_backbone: bool | str = False,
-    drop_path_rate: float = 0.3,
-) -> UperNet:
-    """UperNet on Swin-B (embed 128, depths 2-2-18-2); aux FCN head on stage 3 (loss weight 0.4 in the paper)."""
-    return _upernet_swin(
-        "b", num_classes=num_classes, aux_loss=aux_loss, pretrained_backbone=pretrained_backbone,
-        drop_path_rate=drop_path_rate,
-    )
+def upernet_swin_b(**kwargs: Any) -> UperNet:
+    """UperNet on Swin-B (embed 128, depths 2-2-18-2); ``kwargs`` as :func:`upernet_swin_t`."""
+    return upernet_swin("b", **kwargs)
