@@ -4,8 +4,8 @@ from torch import nn
 from torchvision.models import resnet50
 
 from seglab.model_table import count_at_paper_setting
+from seglab.models import count_parameters, model_info
 from seglab.models.semantic.adapnet import MultiscaleConv, adapnet
-from seglab.registry import count_parameters, model_info
 
 
 def test_paper_setting_has_the_official_analytic_parameter_count():

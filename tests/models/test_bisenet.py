@@ -6,8 +6,8 @@ import torchvision
 from torch.nn import functional as F
 
 from seglab.model_table import count_at_paper_setting
+from seglab.models import count_parameters, model_info
 from seglab.models.semantic.bisenet import bisenetv1_resnet18, bisenetv2
-from seglab.registry import count_parameters, model_info
 
 FACTORIES = {"bisenetv1_resnet18": bisenetv1_resnet18, "bisenetv2": bisenetv2}
 # CoinCheung/BiSeNet at 19 classes: (with aux heads / boosters, eval-only)

@@ -6,8 +6,8 @@ from torch import nn
 from torchvision.models import vgg16
 
 from seglab.model_table import count_at_paper_setting
+from seglab.models import model_info
 from seglab.models.semantic.deeplabv3 import ASPP, deeplabv3_vgg16
-from seglab.registry import model_info
 
 
 def test_parameter_count_is_vgg16_conv_plus_deeplab_head():

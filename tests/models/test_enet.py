@@ -3,8 +3,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seglab.model_table import count_at_paper_setting
+from seglab.models import count_parameters, model_info
 from seglab.models.semantic.enet import RegularBottleneck, enet
-from seglab.registry import count_parameters, model_info
 
 
 def test_paper_setting_has_the_port_parameter_count():

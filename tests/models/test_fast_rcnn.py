@@ -9,6 +9,7 @@ from torchvision.ops import roi_pool
 
 from seglab.errors import CheckpointError
 from seglab.model_table import count_at_paper_setting
+from seglab.models import count_parameters, list_models
 from seglab.models.instance import fast_rcnn as fast_rcnn_module
 from seglab.models.instance.fast_rcnn import (
     FastRCNN,
@@ -19,7 +20,6 @@ from seglab.models.instance.fast_rcnn import (
     fast_rcnn_vgg16,
     truncated_svd,
 )
-from seglab.registry import count_parameters, list_models
 
 SMALL = {"num_classes": 3, "min_size": 224, "max_size": 224}
 GT = {"boxes": torch.tensor([[20.0, 30.0, 100.0, 120.0], [120.0, 100.0, 200.0, 200.0]]), "labels": torch.tensor([1, 2])}

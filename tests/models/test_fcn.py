@@ -4,9 +4,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seglab.model_table import count_at_paper_setting
+from seglab.models import count_parameters
 from seglab.models.layers import BilinearDeconv2d, bilinear_kernel
 from seglab.models.semantic.fcn import FCN, fcn8s_vgg16, fcn16s_vgg16, fcn32s_vgg16
-from seglab.registry import count_parameters
 
 # name: (factory, learnable params at 21 classes, fixed bilinear weights, {deconv: (kernel, stride)})
 VARIANTS = {

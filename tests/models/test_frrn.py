@@ -5,8 +5,8 @@ from torch import nn
 
 from seglab.losses import SegmentationLoss
 from seglab.model_table import count_at_paper_setting
+from seglab.models import model_info
 from seglab.models.semantic.frrn import FRRN, FRRU, frrn_a, frrn_b
-from seglab.registry import model_info
 
 
 def _tiny(num_classes: int = 3) -> FRRN:

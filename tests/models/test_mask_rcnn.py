@@ -8,13 +8,13 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 import seglab
 from seglab.errors import CheckpointError, ConfigError
 from seglab.model_table import count_at_paper_setting
+from seglab.models import count_parameters, model_info
 from seglab.models.backbones.fpn import build_fpn_backbone
 from seglab.models.instance.mask_rcnn import (
     mask_rcnn_mobilenet_v3_fpn,
     mask_rcnn_resnet50_fpn,
     mask_rcnn_resnet101_fpn,
 )
-from seglab.registry import count_parameters, model_info
 
 NAMES = ("mask_rcnn_resnet50_fpn", "mask_rcnn_resnet101_fpn", "mask_rcnn_mobilenet_v3_fpn")
 

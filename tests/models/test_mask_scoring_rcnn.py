@@ -8,6 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from seglab.errors import CheckpointError, ConfigError
 from seglab.model_table import count_at_paper_setting
+from seglab.models import count_parameters, model_info
 from seglab.models.instance.mask_scoring_rcnn import (
     MaskIoUHead,
     MaskScoringRoIHeads,
@@ -15,7 +16,6 @@ from seglab.models.instance.mask_scoring_rcnn import (
     mask_scoring_rcnn_resnet50_fpn,
     maskiou_targets,
 )
-from seglab.registry import count_parameters, model_info
 
 SIZE = 160
 SMALL = {  # small images, few RoIs: a few CPU seconds per step

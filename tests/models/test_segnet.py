@@ -5,8 +5,8 @@ from torch import nn
 from torchvision.models import vgg16_bn
 
 from seglab.model_table import count_at_paper_setting
+from seglab.models import model_info
 from seglab.models.semantic.segnet import SegNet, bayesian_segnet_vgg16, segnet_vgg16
-from seglab.registry import model_info
 
 
 @pytest.fixture(scope="module")

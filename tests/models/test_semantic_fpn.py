@@ -8,8 +8,8 @@ from torchvision.models import resnet50
 from torchvision.ops import FeaturePyramidNetwork
 
 from seglab.model_table import count_at_paper_setting
+from seglab.models import model_info
 from seglab.models.semantic.semantic_fpn import SemanticFPNHead, semantic_fpn_resnet50
-from seglab.registry import model_info
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from torch import nn
 from seglab.checkpoint import load_weights
 from seglab.convert import convert_torchvision
 from seglab.model_table import count_at_paper_setting
+from seglab.models import create_model, model_info
 from seglab.models.semantic.deeplabv3 import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
 from seglab.models.semantic.lraspp import lraspp_mobilenet_v3_small
-from seglab.registry import create_model, model_info
 
 # torchvision's num_params of its published weights (21 classes; FCN and DeepLabv3 with the aux head)
 REFERENCE_PARAMS = {

@@ -5,8 +5,8 @@ from torch import nn
 
 import seglab
 from seglab.model_table import count_at_paper_setting
+from seglab.models import count_parameters
 from seglab.models.semantic.unet import mirror_pad, unet
-from seglab.registry import count_parameters
 
 PAPER = {"in_channels": 1, "num_classes": 2, "padding": False, "batch_norm": False}
 

@@ -14,8 +14,8 @@ from torchvision.models import resnet18, resnet34
 import seglab
 from seglab.errors import CheckpointError
 from seglab.export import export_onnx
+from seglab.models import count_parameters
 from seglab.models.semantic.unet_resnet import UNetResNet, unet_resnet18, unet_resnet34
-from seglab.registry import count_parameters
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50])

@@ -9,10 +9,10 @@ from torch import nn
 from torchvision.models import swin_t
 
 from seglab.model_table import count_at_paper_setting
+from seglab.models import model_info
 from seglab.models.semantic.upernet import UperHead, upernet_swin_t
-from seglab.registry import model_info
 
-# mmseg's upernet_swin at 150 classes with the aux FCN head (shared/reference/models.md)
+# mmseg's upernet_swin at 150 classes with the aux FCN head (mmsegmentation's configs/swin, counted there)
 REFERENCE_PARAMS = {"upernet_swin_t": 59_941_862, "upernet_swin_s": 81_259_766, "upernet_swin_b": 121_279_716}
 
 

@@ -7,8 +7,8 @@ from torch import nn
 
 import seglab
 from seglab.errors import CheckpointError
+from seglab.models import count_parameters, model_info
 from seglab.models.parsing.ce2p import BatchNormAct2d, schp_resnet18, schp_resnet50, schp_resnet101
-from seglab.registry import count_parameters, model_info
 
 
 @pytest.mark.parametrize(("num_classes", "expected"), [(20, 66_723_928), (18, 66_722_900), (7, 66_717_246)])

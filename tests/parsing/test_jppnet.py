@@ -6,9 +6,9 @@ import torchvision
 from torch import nn
 
 from seglab.errors import CheckpointError
+from seglab.models import count_parameters, model_info
 from seglab.models.parsing.jppnet import JPPNet, SSJPPNet, jppnet, ss_jppnet
 from seglab.models.parsing.pose import JPPNetLoss, SSJPPNetLoss
-from seglab.registry import count_parameters, model_info
 
 
 class TinyBackbone(nn.Module):

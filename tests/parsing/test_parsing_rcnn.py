@@ -7,7 +7,9 @@ from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 import seglab.models.parsing.parsing_rcnn as prcnn
+from seglab.engine.people import semantic_from_instances
 from seglab.errors import CheckpointError, DatasetError
+from seglab.models import count_parameters, model_info
 from seglab.models.parsing.parsing_rcnn import (
     GCEHead,
     NonLocal2d,
@@ -15,9 +17,7 @@ from seglab.models.parsing.parsing_rcnn import (
     parsing_rcnn_resnet50_fpn,
     paste_parsing_in_image,
     project_parsing_on_boxes,
-    semantic_from_instances,
 )
-from seglab.registry import count_parameters, model_info
 
 H, W = 160, 192
 SMALL = {  # small images and few RoIs: a few CPU seconds per step

@@ -7,6 +7,7 @@ import torchvision
 from torch.nn import functional as F
 
 from seglab.errors import CheckpointError
+from seglab.models import count_parameters
 from seglab.models.parsing.pgn import (
     PGNLoss,
     PyramidPooling,
@@ -15,7 +16,6 @@ from seglab.models.parsing.pgn import (
     pgn_resnet50,
     pgn_resnet101,
 )
-from seglab.registry import count_parameters
 
 FACE, UPPER, PANTS = 13, 5, 9
 

@@ -26,8 +26,8 @@ Faithful to the paper and its reference configuration:
 - Inference: the detected persons' boxes are the parsing RoIs; per person the 128x128 softmax is pasted into its
   box at the input image's size (bilinear on the probabilities, then argmax; 0 outside the box).
   ``parsing_scores`` are the box scores, as the reference's ``ParsingPostProcessor`` (without its later
-  ParsingIoU head). :func:`semantic_from_instances` merges the persons into one part map for the mIoU
-  evaluation, as the reference's ``parsing_png`` (persons scoring >= 0.3, higher scores painted last).
+  ParsingIoU head). :func:`seglab.engine.people.semantic_from_instances` merges the persons into one part map for
+  the mIoU evaluation, as the reference's ``parsing_png`` (persons scoring >= 0.3, higher scores painted last).
 
 Deviations: the target crop samples the part map at the centres of a 128x128 grid over the continuous box
 (the reference rounds the box to integers and calls cv2's nearest resize); the crop is done on the part map at the
@@ -73,7 +73,6 @@ __all__ = [
     "parsing_rcnn_resnet50_fpn",
     "paste_parsing_in_image",
     "project_parsing_on_boxes",
-    "semantic_from_instances",
 ]
 
 
@@ -206,25 +205,6 @@ def paste_parsing_in_image(probs: Tensor, boxes: Tensor, image_size: tuple[int, 
     return out
 
 
-def semantic_from_instances(
-    result: dict[str, Tensor], image_size: tuple[int, int], score_threshold: float = 0.3
-) -> Tensor:
-    """Merge one image's per-person part maps into a single part map: Int64[H, W].
-
-    As the reference's ``parsing_png`` (used for its mIoU): persons with ``parsing_scores`` >= ``score_threshold``
-    (0.3, the reference's ``SEMSEG_SCORE_THRESH`` for CIHP) are painted in increasing score order, each over its
-    own foreground (label > 0) pixels, so the higher-scoring person wins where they overlap; the rest is 0.
-    """
-    merged = torch.zeros(image_size, dtype=torch.int64, device=result["parsing"].device)
-    scores = result["parsing_scores"]
-    for k in torch.argsort(scores, stable=True).tolist():
-        if scores[k] < score_threshold:
-            continue
-        person = result["parsing"][k]
-        merged = torch.where(person > 0, person, merged)
-    return merged
-
-
 class ParsingRoIHeads(BoxBranchRoIHeads):
     """torchvision's ``RoIHeads`` (boxes) with a parsing branch: ``parsing_roi_pool``, ``parsing_head``,
     ``parsing_predictor``. Train: adds ``loss_parsing`` over at most ``parsing_rois_per_image`` random positives
@@ -347,6 +327,7 @@ class ParsingRCNN(FasterRCNN):
     url="https://arxiv.org/abs/1811.12596",
     paper_kwargs={"num_classes": 20},
     detector=True,
+    people=True,
 )
 def parsing_rcnn_resnet50_fpn(
     *, num_classes: int = 20, pretrained_backbone: bool | str = False, trainable_backbone_layers: int = 3,

@@ -262,13 +262,13 @@ _PAPER = {
 }
 
 
-@register_model(**_PAPER, paper_params=164_839_673)
+@register_model(**_PAPER, paper_params=164_839_673, people=True)
 def pgn_resnet101(*, num_classes: int = 20, pretrained_backbone: bool | str = False, width: int = 512) -> PGN:
     """PGN on a dilated ResNet-101 (the paper's model at ``width=512``)."""
     return PGN(_pgn_backbone(101, pretrained_backbone), (512, 1024, 2048), num_classes, width)
 
 
-@register_model(**_PAPER)
+@register_model(**_PAPER, people=True)
 def pgn_resnet50(*, num_classes: int = 20, pretrained_backbone: bool | str = False, width: int = 256) -> PGN:
     """A lighter PGN: dilated ResNet-50 and half-width heads (``width=256``); not a model of the paper."""
     return PGN(_pgn_backbone(50, pretrained_backbone), (512, 1024, 2048), num_classes, width)
