@@ -28,7 +28,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "voc"  # voc | folder | demo | coco | lip | cihp | atr | pascal_person_part | demo_people(_cihp)
+    dataset: str = "voc"  # a registered dataset: seglab.data.datasets.list_datasets(), the table in docs/datasets.md
     root: str = ""  # dataset root; for "demo" empty means the demo cache folder
     train_split: str = "train"
     val_split: str = "val"
@@ -41,7 +41,7 @@ class DataConfig:
     color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 disables
     batch_size: int = 8
     workers: int = 2
-    palette: str = "voc"  # name of the label set in seglab.data.palettes
+    palette: str = "voc"  # label set name (seglab.data.palettes); left at "voc", the dataset's own is used
     # Human parsing (lip, cihp, atr, pascal_person_part, demo_people): "crop" = the scale/crop/flip pipeline above,
     # "person_affine" = SCHP's person-centric affine warp to crop_size (scale, rotation, flip with left/right swap)
     augment: str = "crop"

@@ -58,8 +58,7 @@ def run_parsing_demo(overrides: list[str] | None = None, *, num_overlays: int = 
     from rich.console import Console
 
     from seglab.data.datasets.demo_people import ensure_demo_people
-    from seglab.demos.semantic import write_val_predictions
-    from seglab.engine.evaluator import metrics_to_text
+    from seglab.demos.semantic import fit_and_report, write_val_predictions
     from seglab.engine.inference import Predictor
     from seglab.jobs import build_trainer
     from seglab.visualize import save_legend
@@ -74,14 +73,7 @@ def run_parsing_demo(overrides: list[str] | None = None, *, num_overlays: int = 
     console.print(f"demo people: {root} (ready in {time.perf_counter() - t0:.1f} s)")
 
     trainer = build_trainer(cfg, progress=True)
-    console.print(
-        f"training {cfg.model.name} for {cfg.train.iters} iterations on {len(trainer.train_set)} images; "
-        f"validating on {len(trainer.val_set)}"
-    )
-    t0 = time.perf_counter()
-    metrics = trainer.fit()
-    train_s = time.perf_counter() - t0
-    console.print(metrics_to_text(metrics, trainer.label_set.classes))
+    metrics, train_s = fit_and_report(trainer, console)
 
     out_dir = cfg.run_dir / "parsing"
     predictor = Predictor(trainer.eval_model(), device=trainer.device, flip_pairs=trainer.label_set.flip_pairs)

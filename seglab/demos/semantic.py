@@ -61,12 +61,25 @@ def write_val_predictions(predictor: Any, trainer: Any, out_dir: Path, num_image
         save_prediction(out_dir, image_path.stem, image, predictor(image), trainer.label_set)
 
 
+def fit_and_report(trainer: Any, console: Any) -> tuple[Any, float]:
+    """Train ``trainer`` to the end, telling ``console`` what runs and then the task's metrics summary; returns the
+    final metrics and the training seconds."""
+    cfg = trainer.cfg
+    kwargs = f" {cfg.model.kwargs}" if cfg.model.kwargs else ""
+    console.print(f"training {cfg.model.name}{kwargs} for {cfg.train.iters} iterations on {len(trainer.train_set)} "
+                  f"images; validating on {len(trainer.val_set)}")
+    t0 = time.perf_counter()
+    metrics = trainer.fit()
+    train_s = time.perf_counter() - t0
+    console.print(trainer.task.summary(metrics, trainer.label_set))
+    return metrics, train_s
+
+
 def run_demo(overrides: list[str] | None = None, *, num_overlays: int = 8, console=None) -> dict[str, Any]:
     """Generate the data if needed, train, evaluate, write overlays; returns what went where."""
     from rich.console import Console
 
     from seglab.data.datasets.demo import ensure_demo_data
-    from seglab.engine.evaluator import metrics_to_text
     from seglab.engine.inference import Predictor
     from seglab.engine.trainer import Trainer
 
@@ -79,14 +92,7 @@ def run_demo(overrides: list[str] | None = None, *, num_overlays: int = 8, conso
     console.print(f"demo data: {root} (ready in {time.perf_counter() - t0:.1f} s)")
 
     trainer = Trainer(cfg, progress=True)
-    console.print(
-        f"training {cfg.model.name} {cfg.model.kwargs} for {cfg.train.iters} iterations on "
-        f"{len(trainer.train_set)} images; validating on {len(trainer.val_set)}"
-    )
-    t0 = time.perf_counter()
-    metrics = trainer.fit()
-    train_s = time.perf_counter() - t0
-    console.print(metrics_to_text(metrics, trainer.label_set.classes))
+    metrics, train_s = fit_and_report(trainer, console)
 
     out_dir = cfg.run_dir / "overlays"
     write_val_predictions(Predictor(trainer.model, device=trainer.device), trainer, out_dir, num_overlays)
