@@ -10,7 +10,7 @@ read with ``weights_only=True``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from seglab.errors import CheckpointError
-from seglab.utils import atomic_write
+from seglab.utils import atomic_write, decode_json_values
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> Path:
@@ -42,13 +42,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             raw = fh.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    out = {}
-    for key, value in raw.items():
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    return decode_json_values(raw)
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -109,6 +103,17 @@ def state_dict_problems(
             more = f" ... ({len(items)} in all)" if len(items) > 20 else ""
             problems.append(f"{label}: " + ", ".join(items[:20]) + more)
     return problems
+
+
+def foreign_key_problems(
+    model: nn.Module, given: Mapping[str, torch.Tensor], to_foreign: Callable[[str], str]
+) -> list[str]:
+    """:func:`state_dict_problems` of another library's state dict ``given`` against ``model``, in that library's
+    key names (``to_foreign`` maps a seglab key to one); BatchNorm's ``num_batches_tracked`` counters, which some
+    libraries do not save, are left out on both sides. What the converters check their input with."""
+    counter = ".num_batches_tracked"
+    own = {to_foreign(k): v for k, v in model.state_dict().items() if not k.endswith(counter)}
+    return state_dict_problems(own, {k: v for k, v in given.items() if not k.endswith(counter)})
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:

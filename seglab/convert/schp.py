@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seglab.checkpoint import load_into, read_state_dict, save_weights, state_dict_problems
+from seglab.checkpoint import foreign_key_problems, load_into, read_state_dict, save_weights
 from seglab.errors import CheckpointError
 from seglab.models import create_model
 
@@ -81,9 +81,7 @@ def _dataset(dataset: str | None) -> str | None:
 
 def _check_keys(model: nn.Module, schp: _StateDict, source: str, name: str) -> None:
     """One CheckpointError listing SCHP-named missing, unexpected and mismatched keys."""
-    own = {seglab_to_schp_key(k): v for k, v in model.state_dict().items() if not k.endswith(".num_batches_tracked")}
-    given = {k: v for k, v in schp.items() if not k.endswith(".num_batches_tracked")}
-    problems = state_dict_problems(own, given)
+    problems = foreign_key_problems(model, schp, seglab_to_schp_key)
     if problems:
         raise CheckpointError(
             f"{source}: not an SCHP {name} checkpoint (AugmentCE2P key names expected; {' | '.join(problems)})"

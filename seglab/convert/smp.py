@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seglab.checkpoint import load_into, read_state_dict, save_weights, state_dict_problems
+from seglab.checkpoint import foreign_key_problems, load_into, read_state_dict, save_weights
 from seglab.errors import CheckpointError
 from seglab.models import create_model
 
@@ -55,9 +55,7 @@ def seglab_to_smp_key(key: str) -> str:
 
 def _check_keys(model: nn.Module, smp: _StateDict, source: str, name: str) -> None:
     """One CheckpointError listing smp-named missing, unexpected and mismatched keys."""
-    own = {seglab_to_smp_key(k): v for k, v in model.state_dict().items() if not k.endswith(".num_batches_tracked")}
-    given = {k: v for k, v in smp.items() if not k.endswith(".num_batches_tracked")}
-    problems = state_dict_problems(own, given)
+    problems = foreign_key_problems(model, smp, seglab_to_smp_key)
     if problems:
         raise CheckpointError(
             f"{source}: not an smp Unet checkpoint for seglab {name} (smp.Unet with a {name.split('_')[-1]} encoder "

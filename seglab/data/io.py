@@ -20,6 +20,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -115,6 +116,27 @@ def label_to_array(img: Image.Image, path: str | Path) -> np.ndarray:
         f"{path}: label image has mode {img.mode}; expected a palette (P) or grayscale (L) PNG of class "
         "indices (colour labels are not converted back to classes)",
     )
+
+
+def rgb_array(image: Any, who: str = "image") -> np.ndarray:
+    """An image given in memory as an ``H x W x 3`` uint8 array: HxWx3 / HxWx4 (alpha dropped) / HxW (grey
+    repeated) uint8 arrays or a PIL image of any mode. ``who`` names the caller in the ValueError of anything else
+    (floats, other shapes, other types)."""
+    if not isinstance(image, np.ndarray):
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"{who}: cannot read an image of type {type(image).__name__}; expected an HxWx3 uint8 "
+                             "array or a PIL image")
+        # a writable copy: torch warns on the read-only array np.asarray(PIL image) gives
+        return np.array(image.convert("RGB") if image.mode != "RGB" else image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"{who}: a numpy image must be uint8 HxWx3, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{who}: a numpy image must be HxWx3 uint8, got shape {image.shape}")
+    return np.ascontiguousarray(image)
 
 
 def read_image(path: str | Path) -> Image.Image:

@@ -273,25 +273,10 @@ def _to_input(image: Any) -> torch.Tensor:
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"Predictor: a tensor image must be uint8 [3, H, W] or normalised float "
                              f"[3, H, W], got {image.dtype} {tuple(image.shape)}")
-    elif isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"Predictor: a numpy image must be uint8 HxWx3, got {image.dtype}; for "
-                             "normalised floats pass a torch tensor [3, H, W]")
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        elif image.ndim == 3 and image.shape[2] == 4:
-            image = image[:, :, :3]
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"Predictor: a numpy image must be HxWx3 uint8, got shape {image.shape}")
-        image = np.ascontiguousarray(image)
-    else:
-        from PIL import Image
+    else:  # an array or a PIL image
+        from seglab.data.io import rgb_array
 
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"Predictor: cannot read an image of type {type(image).__name__}; expected an "
-                             "HxWx3 uint8 array, a PIL image or a [3, H, W] tensor")
-        # a writable copy: torch warns on the read-only array np.asarray(PIL image) gives
-        image = np.array(image.convert("RGB") if image.mode != "RGB" else image)
+        image = rgb_array(image, "Predictor")
     from seglab.data.transforms import normalize_image
 
     return normalize_image(image)

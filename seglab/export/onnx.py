@@ -57,8 +57,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seglab.errors import CheckpointError, SeglabError
-from seglab.export.ort import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME, decode_metadata
-from seglab.utils import atomic_write
+from seglab.export.ort import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME
+from seglab.utils import atomic_write, decode_json_values
 
 if TYPE_CHECKING:
     from torch import nn
@@ -259,7 +259,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends from protobuf
         raise CheckpointError(f"{path}: not a readable ONNX file ({exc})") from None
-    return decode_metadata({p.key: p.value for p in proto.metadata_props})
+    return decode_json_values({p.key: p.value for p in proto.metadata_props})
 
 
 def export_weights(

@@ -4,22 +4,24 @@ An ONNX file written by :func:`seglab.export.onnx.export_onnx` carries everythin
 input "image" ``[B, 3, H, W]`` (RGB scaled to 0-1, minus the mean, over the std), the output "logits"
 ``[B, K, H, W]``, and seglab's metadata (model name, num_classes, label_set, mean, std) as JSON strings in
 the model's ``metadata_props``. :class:`OnnxPredictor` reads them back, normalises in NumPy and runs an
-onnxruntime session, so a deployment can drop torch: this module imports only NumPy and the standard library
-at load time, onnxruntime when a predictor is created and Pillow only for PIL inputs.
+onnxruntime session, so a deployment can drop torch: this module imports NumPy, Pillow and seglab's torch-free
+image reading (:func:`seglab.data.io.rgb_array`, the Predictor's too) at load time, onnxruntime when a predictor is
+created.
 
 Whole-image inference only (no sliding window, scales or flip): that is what one exported graph does.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from seglab.data.io import rgb_array
 from seglab.errors import CheckpointError
+from seglab.utils import decode_json_values
 
 # The same values as seglab.data.transforms.IMAGENET_MEAN/STD (which imports torch); a test keeps them equal.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,42 +30,9 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
 
-def decode_metadata(props: dict[str, str]) -> dict[str, Any]:
-    """ONNX ``metadata_props`` (string -> string) with JSON values decoded; other strings stay strings."""
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def image_array(image: Any) -> np.ndarray:
-    """One image as an ``H x W x 3`` uint8 array: from HxWx3 / HxWx4 / HxW uint8 arrays or a PIL image."""
-    if not isinstance(image, np.ndarray):
-        try:
-            from PIL import Image
-        except ImportError:  # pragma: no cover - Pillow is a seglab dependency
-            Image = None
-        if Image is None or not isinstance(image, Image.Image):
-            raise ValueError(f"OnnxPredictor: cannot read an image of type {type(image).__name__}; expected an "
-                             "HxWx3 uint8 array or a PIL image")
-        image = np.array(image.convert("RGB") if image.mode != "RGB" else image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"OnnxPredictor: an image must be uint8 HxWx3, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"OnnxPredictor: an image must be HxWx3 uint8, got shape {image.shape}")
-    return image
-
-
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """``[3, H, W]`` float32: ``(image / 255 - mean) / std``, in float32 step by step as seglab's torch path."""
-    x = image_array(image).astype(np.float32) / np.float32(255.0)
+    x = rgb_array(image, "OnnxPredictor").astype(np.float32) / np.float32(255.0)
     x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
@@ -97,7 +66,7 @@ class OnnxPredictor:
             self.session = onnxruntime.InferenceSession(str(self.path), providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own (non-exported) error classes
             raise CheckpointError(f"{self.path}: onnxruntime cannot load it as an ONNX model ({exc})") from None
-        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata = decode_json_values(self.session.get_modelmeta().custom_metadata_map)
         task = self.metadata.get("task", "semantic")  # export_onnx writes "task" for detection exports only
         if task != "semantic":
             raise CheckpointError(f"{self.path}: metadata task {task!r}: OnnxPredictor runs semantic files only "
@@ -156,4 +125,4 @@ class OnnxPredictor:
         return labels
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "OnnxPredictor", "decode_metadata", "image_array", "normalize", "softmax"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "OnnxPredictor", "normalize", "softmax"]
