@@ -66,16 +66,12 @@ def colorize(label: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.nd
 
 
 def _rgb(image: Any) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be HxWx3 uint8, got shape {image.shape}")
-    return image
+    """The picture to draw on as HxWx3 uint8 (:func:`seglab.data.io.rgb_array`; array-likes go through NumPy)."""
+    from PIL import Image
+
+    from seglab.data.io import rgb_array
+
+    return rgb_array(image if isinstance(image, Image.Image) else np.asarray(image), "visualize")
 
 
 def overlay(
