@@ -51,6 +51,19 @@ def test_a_class_count_other_than_the_label_sets_is_a_config_error(demo_root, tm
         Trainer(_config(demo_root, tmp_path, num_classes=3))
 
 
+def test_every_shipped_config_names_as_many_classes_as_its_label_set():
+    from pathlib import Path
+
+    from seglab.config import load_config
+    from seglab.data import label_set_for
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) >= 16
+    for path in configs:
+        cfg = load_config(path)
+        task_of(cfg.model.name).check_classes(cfg, label_set_for(cfg.data))
+
+
 def test_ground_truth_outside_the_classes_is_an_error_naming_the_file(tmp_path):
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)

@@ -128,6 +128,7 @@ def _voc_colored(name: str, classes: tuple[str, ...]) -> LabelSet:
 _LABEL_SETS: dict[str, LabelSet] = {
     "voc": _voc_colored("voc", VOC_CLASSES),
     "demo_shapes": _voc_colored("demo_shapes", DEMO_SHAPES_CLASSES),
+    "binary": _voc_colored("binary", ("background", "foreground")),  # a folder dataset of one class
     "lip": LabelSet("lip", LIP_CLASSES, LIP_COLORS, LIP_FLIP_PAIRS),
     "cityscapes": LabelSet("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_COLORS),
     "camvid": LabelSet("camvid", CAMVID_CLASSES, CAMVID_COLORS),
