@@ -24,6 +24,7 @@ from seglab.export import ExportError, OnnxPredictor, export_onnx, read_onnx_met
 from seglab.export import ort as seglab_ort
 from seglab.models.layers import AdaptiveAvgPool2d, MaxUnpool2d, adaptive_avg_pool2d, max_unpool2d
 from seglab.models.semantic.upernet import PyramidPoolingModule
+from seglab.tasks import task_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(1, 3, 64, 96), (2, 3, 96, 64)]  # neither is the traced 64x64: height and width are really dynamic
@@ -285,7 +286,7 @@ def test_every_semantic_and_parsing_model_exports_or_names_the_operator(tmp_path
     record = {}
     semantic = seglab.list_models(task="semantic")
     # Parsing R-CNN follows the detection contract (lists in, dicts out): not a dense-logits graph
-    parsing = [n for n in seglab.list_models(task="parsing") if not seglab.model_info(n).detection_contract]
+    parsing = [n for n in seglab.list_models(task="parsing") if not task_of(n).detection]
     for name in semantic + parsing:
         model = seglab.create_model(name, num_classes=5).eval()
         with torch.no_grad():  # zero-initialised score layers (FCN) would make the comparison trivial
