@@ -90,9 +90,21 @@ class _CheckpointWatcher(threading.Thread):
             time.sleep(0.002)
 
 
+@pytest.fixture
+def one_thread():
+    """Bit-identity holds only with the same thread count (and kernels) on both sides: the killed subprocess
+    runs with OMP_NUM_THREADS=1, so the in-process runs use one intra-op thread too, whatever the suite's
+    default is for this test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def kill_and_resume(tiny_root: Path, tmp_path: Path, workers: int, seed: int) -> None:
     """Run A uninterrupted; run B in a subprocess killed with SIGKILL after a random number of iterations,
     resumed through the CLI; B's final weights and per-iteration losses must equal A's."""
+    assert torch.get_num_threads() == 1, "the subprocess runs on one thread; so must run A and the resume"
     rng = random.Random(seed)
     kill_after, extra_delay = rng.randint(3, ITERS - 5), rng.uniform(0.0, 0.05)
 
@@ -145,12 +157,12 @@ def kill_and_resume(tiny_root: Path, tmp_path: Path, workers: int, seed: int) ->
     assert temp_files(run_b) == set(), "temporary files left (by the kill, or by the resumed run)"
 
 
-def test_sigkill_then_resume_is_bit_identical(tiny_root, tmp_path):
+def test_sigkill_then_resume_is_bit_identical(tiny_root, tmp_path, one_thread):
     kill_and_resume(tiny_root, tmp_path, workers=0, seed=1)
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_is_bit_identical_with_workers(tiny_root, tmp_path):
+def test_sigkill_then_resume_is_bit_identical_with_workers(tiny_root, tmp_path, one_thread):
     kill_and_resume(tiny_root, tmp_path, workers=2, seed=2)
 
 
