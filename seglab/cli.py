@@ -122,10 +122,12 @@ def _cmd_convert(args) -> int:
         dst = convert.convert_torchvision(args.name, args.src, args.dst, label_set=args.label_set, **kwargs)
         name = args.name
     elif args.source == "schp":
+        from seglab.checkpoint import read_metadata
         from seglab.convert.schp import convert_schp
 
-        dst = convert_schp(args.src, args.dst, dataset=args.dataset, model=args.model)
-        name = args.model or "schp model"
+        dst = convert_schp(args.src, args.dst, dataset=args.dataset, model=args.model,
+                           inplace_abn=args.inplace_abn)
+        name = read_metadata(dst)["model"]  # the model the converter resolved from the keys when --model is not given
     else:
         dst = convert.convert_smp(args.src, args.dst, model=args.model, label_set=args.label_set)
         name = args.model
@@ -274,6 +276,9 @@ def _export_convert_parsers(sub) -> None:
     p.add_argument("--dataset", choices=["lip", "atr", "pascal_person_part"], help="default: from the class count")
     p.add_argument("--model", choices=["schp_resnet101", "schp_resnet50", "schp_resnet18"],
                    help="seglab model (default: the depth the checkpoint's keys show; schp_resnet101 for SCHP's files)")
+    p.add_argument("--no-inplace-abn", dest="inplace_abn", action="store_false",
+                   help="take the BatchNorm weights as they are instead of folding InPlaceABN's |weight| + 1e-5 "
+                        "into them: for a file trained with plain BatchNorm, or one already converted for plain BN")
     p.set_defaults(func=_cmd_convert)
     p = convert.add_parser("smp", help="a segmentation_models_pytorch Unet (ResNet encoder) state dict")
     p.add_argument("src", help="smp state dict file (.pth or .safetensors)")

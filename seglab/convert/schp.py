@@ -17,8 +17,10 @@ Weight changes, so that seglab's plain ``BatchNorm2d`` reproduces SCHP's outputs
 - InPlaceABN: every BN of the released network (backbone and head) is ``InPlaceABNSync`` from the mapillary
   ``inplace_abn`` code vendored in SCHP's ``modules/``, whose CPU and CUDA kernels scale by
   ``gamma = |weight| + eps`` (eps = 1e-5) rather than ``weight``. The converter writes ``|weight| + 1e-5`` into
-  BatchNorm's weight. (SCHP's later pure-PyTorch ``InPlaceABNSync`` uses ``weight`` as is; for a file trained
-  with that one pass ``inplace_abn=False``.) The activations are the model's: leaky ReLU 0.01 after the head's
+  BatchNorm's weight. A file whose BatchNorm weights are already plain must not be folded twice: one trained
+  with ``nn.BatchNorm2d`` in place of ``InPlaceABNSync``, or one that a conversion script for plain-BN or ONNX
+  deployment has already passed through ``|weight| + eps``. For such a file pass ``inplace_abn=False``
+  (``seglab convert schp --no-inplace-abn``). The activations are the model's: leaky ReLU 0.01 after the head's
   BNs, ReLU after the backbone's, as in SCHP.
 - Colour order: SCHP feeds BGR images (read with OpenCV) normalised with the ImageNet mean/std in BGR order;
   seglab feeds RGB with the same statistics, so the input channels of the first conv are reversed

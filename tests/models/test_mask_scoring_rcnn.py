@@ -14,6 +14,7 @@ from seglab.models.instance.mask_scoring_rcnn import (
     MaskScoringRoIHeads,
     mask_ratios,
     mask_scoring_rcnn_resnet50_fpn,
+    maskiou_loss,
     maskiou_targets,
 )
 
@@ -97,6 +98,27 @@ def test_maskiou_targets_hand_worked_example_uses_the_full_gt_area():
     targets4 = target.expand(4, 4, 4)
     iou = maskiou_targets(logits4, targets4, torch.tensor([1.0, 0.5, 0.25, 1.0]))
     torch.testing.assert_close(iou, torch.tensor([0.6, 0.3, 0.15, 0.0]))
+
+
+def test_maskiou_loss_is_the_references_half_squared_error_over_nonzero_targets():
+    predicted = torch.tensor([0.9, 0.2, 0.5, 0.7], requires_grad=True)
+    targets = torch.tensor([0.6, 0.0, 0.3, 0.0])
+    loss = maskiou_loss(predicted, targets)
+    # kept: RoIs 0 and 2 (target > 0): 0.5 * (0.3^2 + 0.2^2) / 2 = 0.5 * 0.13 / 2 = 0.0325
+    torch.testing.assert_close(loss, torch.tensor(0.0325))
+    loss.backward()
+    # d/dp = (p - t) / n on the kept RoIs (0.3 / 2, 0.2 / 2), nothing on the RoIs with target 0
+    torch.testing.assert_close(predicted.grad, torch.tensor([0.15, 0.0, 0.1, 0.0]))
+    # F.mse_loss over all four (the former loss) would be (0.09 + 0.04 + 0.04 + 0.49) / 4 = 0.165: not this
+    assert abs(torch.nn.functional.mse_loss(predicted, targets).item() - 0.165) < 1e-6
+
+
+def test_maskiou_loss_without_a_nonzero_target_is_zero_and_keeps_the_graph():
+    predicted = torch.tensor([0.4, 0.8], requires_grad=True)
+    loss = maskiou_loss(predicted, torch.zeros(2))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(predicted.grad, torch.zeros(2))
 
 
 def test_mask_ratios_hand_worked_example():

@@ -227,3 +227,20 @@ def test_cli_convert_schp(tmp_path, resnet18_schp_file, capsys):
     assert main(["convert", "schp", str(src), str(dst), "--model", "schp_resnet18", "--dataset", "atr"]) == 0
     assert read_metadata(dst)["label_set"] == "atr"
     assert "cli.safetensors" in capsys.readouterr().out
+
+
+def test_cli_convert_schp_names_the_resolved_model_and_exposes_no_inplace_abn(tmp_path, resnet18_schp_file, capsys):
+    src, schp = resnet18_schp_file
+    folded, plain = tmp_path / "folded.safetensors", tmp_path / "plain.safetensors"
+    assert main(["convert", "schp", str(src), str(folded)]) == 0  # no --model: resolved from the keys
+    out = capsys.readouterr().out
+    assert "(seglab schp_resnet18)" in out, out
+    assert main(["convert", "schp", str(src), str(plain), "--no-inplace-abn"]) == 0
+    plain_model, folded_model = schp_resnet18(num_classes=18), schp_resnet18(num_classes=18)
+    load_weights(plain_model, plain)
+    load_weights(folded_model, folded)
+    plain_sd, folded_sd = plain_model.state_dict(), folded_model.state_dict()
+    # a BN weight: |w| + 1e-5 by default, the file's own value with --no-inplace-abn; other tensors alike
+    assert torch.equal(plain_sd["backbone.bn1.weight"], schp["bn1.weight"])
+    torch.testing.assert_close(folded_sd["backbone.bn1.weight"], schp["bn1.weight"].abs() + EPS, rtol=0, atol=0)
+    assert torch.equal(plain_sd["backbone.bn1.bias"], folded_sd["backbone.bn1.bias"])

@@ -17,12 +17,15 @@ Faithful to the paper and its reference code:
 - Target (:func:`maskiou_targets`): IoU of the predicted mask (target class, binarised) with the GT mask
   projected on the RoI, the union using the GT instance's full area (area inside the box / the fraction of the
   instance's pixels that lie inside the box, :func:`mask_ratios`).
-- Loss ``loss_maskiou``: L2 (mean squared error) on the target class's MaskIoU of the positive RoIs, weight 1.
+- Loss ``loss_maskiou`` (:func:`maskiou_loss`, maskrcnn-benchmark's ``l2_loss`` as the MaskIoU head calls it):
+  on the target class's MaskIoU of the positive RoIs, ``0.5 * (p - t)^2`` summed over the RoIs whose target IoU
+  is above 0 and divided by their count (0 when there is none); RoIs with target 0 get no gradient. Weight 1.
 - Inference: ``mask_scores`` = box score x predicted MaskIoU of the predicted class; ``scores`` stays the box
   score.
 
-Deviations: the predicted mask is binarised at logit > 0 (probability > 0.5); the reference compares the logit
-with 0.5. The mask ratio counts the instance's pixels from its mask (pixel centres inside the box), where the
+The predicted mask is binarised at logit > 0 (probability > 0.5), as in the reference.
+
+Deviations: the mask ratio counts the instance's pixels from its mask (pixel centres inside the box), where the
 reference measures polygon areas. The backbone is ``mask_rcnn_resnet50_fpn``'s: FrozenBatchNorm2d by default (as
 maskrcnn-benchmark), trainable BatchNorm with ``frozen_bn=False``.
 
@@ -55,6 +58,7 @@ __all__ = [
     "MaskScoringRoIHeads",
     "mask_ratios",
     "mask_scoring_rcnn_resnet50_fpn",
+    "maskiou_loss",
     "maskiou_targets",
 ]
 
@@ -132,6 +136,17 @@ def maskiou_targets(mask_logits_of_target_class: Tensor, mask_targets: Tensor, m
     return intersection / union
 
 
+def maskiou_loss(predicted: Tensor, targets: Tensor) -> Tensor:
+    """The reference's MaskIoU loss: ``0.5 * sum((p - t)^2) / n`` over the ``n`` RoIs whose target IoU ``t`` is
+    above 0, and 0 (still connected to ``predicted``'s graph) when there is none. ``predicted`` and ``targets``
+    are Float[N] (the target class's predicted MaskIoU and :func:`maskiou_targets`)."""
+    kept = targets > 0
+    count = int(kept.sum())
+    if count == 0:
+        return predicted.sum() * 0.0
+    return 0.5 * (predicted[kept] - targets[kept]).pow(2).sum() / count
+
+
 class MaskScoringRoIHeads(BoxBranchRoIHeads):
     """torchvision's ``RoIHeads`` (boxes + masks) with a MaskIoU head; keypoints are not supported. Box and mask
     branches as torchvision's; training adds ``loss_maskiou``, eval ``mask_scores``."""
@@ -182,7 +197,7 @@ class MaskScoringRoIHeads(BoxBranchRoIHeads):
                 projected = torch.cat([project_masks_on_boxes(m, p, i, size) for m, p, i in groups])
                 ratios = torch.cat([mask_ratios(m, p, i) for m, p, i in groups])
                 iou_targets = maskiou_targets(target_logits, projected, ratios)
-            loss_maskiou = F.mse_loss(maskiou, iou_targets)
+            loss_maskiou = maskiou_loss(maskiou, iou_targets)
         return {"loss_mask": loss_mask, "loss_maskiou": loss_maskiou}
 
     def branch_outputs(
