@@ -213,7 +213,8 @@ def _train_eval_parsers(sub) -> None:
     p = sub.add_parser("eval", help="evaluate weights on the config's val split")
     _add_config(p)
     p.add_argument("--weights", required=True)
-    p.add_argument("--mode", choices=["whole", "slide"])
+    p.add_argument("--mode", choices=["whole", "slide", "affine"],
+                   help="override eval.mode: whole, slide or affine (SCHP's procedure at eval.crop_size)")
     p.add_argument("--tta", help="e.g. flip,scales=0.75,1,1.25")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--results-dir", help="instance models: where the COCO results JSON go (default: the run folder)")
@@ -229,7 +230,8 @@ def _predict_parser(sub) -> None:
     p.add_argument("--model", help="model name (default: the one recorded in the weights file)")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--label-set", help="palette/label set name (default: recorded in the weights, else voc)")
-    p.add_argument("--mode", choices=["whole", "slide"], help="whole (default) or sliding-window inference")
+    p.add_argument("--mode", choices=["whole", "slide", "affine"],
+                   help="whole (default), sliding-window, or affine (SCHP's person-centric warp to --crop-size)")
     p.add_argument("--crop-size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
     p.add_argument("--tta", help="e.g. flip,scales=0.75,1,1.25")
     p.add_argument("--mc-samples", type=int, default=0, metavar="N",

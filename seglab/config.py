@@ -97,7 +97,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    mode: str = "whole"  # whole | slide
+    mode: str = "whole"  # whole | slide | affine (SCHP's warp to crop_size, seglab.engine.affine)
     crop_size: list[int] = field(default_factory=lambda: [512, 512])
     stride: list[int] = field(default_factory=lambda: [341, 341])
     scales: list[float] = field(default_factory=lambda: [1.0])

@@ -210,10 +210,15 @@ class FastModule(nn.Module):
         """Whether the forward runs through ``torch.compile`` (False after a failed compilation)."""
         return self.__dict__["_compiled_inner"] is not None
 
-    def _run(self, images: torch.Tensor) -> Any:
+    @property
+    def takes_output_size(self) -> bool:
+        """Whether ``inner``'s forward takes ``output_size`` (seglab.engine.affine), passed through here."""
+        return bool(getattr(self.inner, "takes_output_size", False))
+
+    def _run(self, images: torch.Tensor, **kwargs: Any) -> Any:
         runner = self.__dict__["_compiled_inner"]
         if runner is None:
-            return self.inner(images)
+            return self.inner(images, **kwargs)
         import torch._inductor.config
         from torch._dynamo.exc import BackendCompilerFailed
 
@@ -221,20 +226,20 @@ class FastModule(nn.Module):
             # freezing applies when a graph compiles (the first call at a size); ``torch.compile(options=...)``
             # did not turn it on here (measured: LR-ASPP bf16 60 ms with the option, 25 ms with the patch)
             with torch._inductor.config.patch(freezing=True):
-                return runner(images)
+                return runner(images, **kwargs)
         except BackendCompilerFailed as exc:  # no C++ compiler, an op Inductor cannot lower
             log.warning("torch.compile failed for %s (%s); running eagerly", type(self.inner).__name__,
                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             self.__dict__["_compiled_inner"] = None
-            return self.inner(images)
+            return self.inner(images, **kwargs)
 
-    def forward(self, images: torch.Tensor) -> Any:
+    def forward(self, images: torch.Tensor, **kwargs: Any) -> Any:
         if self.channels_last and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.precision != "fp32":
             with torch.autocast(images.device.type, dtype=AUTOCAST_DTYPES[self.precision]):
-                return _to_float(self._run(images))
-        return self._run(images)
+                return _to_float(self._run(images, **kwargs))
+        return self._run(images, **kwargs)
 
 
 def prepare_fast(

@@ -6,6 +6,8 @@ functions; they live here, below all of them, so that none of those modules impo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,4 +43,15 @@ def forward_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return out
 
 
-__all__ = ["forward_logits", "logits_of", "model_device"]
+def flip_permutation(flip_pairs: Sequence[tuple[int, int]], num_classes: int) -> list[int]:
+    """The channel order that swaps each ``(a, b)`` of ``flip_pairs`` (left/right classes) in a flipped output."""
+    perm = list(range(num_classes))
+    for pair in flip_pairs:
+        a, b = (int(v) for v in pair)
+        if not (0 <= a < num_classes and 0 <= b < num_classes):
+            raise ValueError(f"flip_pairs: ({a}, {b}) is outside the model's {num_classes} classes")
+        perm[a], perm[b] = b, a
+    return perm
+
+
+__all__ = ["flip_permutation", "forward_logits", "logits_of", "model_device"]

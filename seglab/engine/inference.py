@@ -17,6 +17,10 @@ the same computation. :class:`Predictor` wraps it for single images (numpy, PIL 
   (whole or slide), and the probabilities resized back to the input size and averaged.
 - **flip**: the horizontally flipped image is inferred too; its output is flipped back and its
   channels swapped by ``flip_pairs`` (e.g. left arm <-> right arm) before averaging.
+- **affine** (SCHP's test-time procedure, seglab.engine.affine): the image is warped, aspect kept, to the
+  network's input size ``crop_size`` around its centre, inferred there (with ``scales`` and ``flip``, logits
+  averaged as SCHP's evaluate.py does) and the result warped back by nearest neighbour. For parsing models
+  scored as SCHP scores them.
 - **bounded memory**: with ``max_whole_pixels`` set (the :class:`Predictor` sets 2048 x 2048 by
   default), a whole-mode pass over an image (at a given scale) larger than that many pixels runs as
   a sliding window with the given ``crop_size``/``stride`` instead, logged at INFO, so a huge photo
@@ -41,14 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seglab.engine.forward import forward_logits, model_device
+from seglab.engine.forward import flip_permutation, forward_logits, model_device
 
 if TYPE_CHECKING:
     from seglab.config import EvalConfig
 
 log = logging.getLogger(__name__)
 
-MODES = ("whole", "slide")
+MODES = ("whole", "slide", "affine")
 DEFAULT_MAX_WHOLE_PIXELS = 2048 * 2048
 
 
@@ -131,22 +135,13 @@ def check_max_whole_pixels(value: int | None) -> int | None:
     return int(value)
 
 
-def _flip_permutation(flip_pairs: Sequence[tuple[int, int]], num_classes: int) -> list[int]:
-    perm = list(range(num_classes))
-    for pair in flip_pairs:
-        a, b = (int(v) for v in pair)
-        if not (0 <= a < num_classes and 0 <= b < num_classes):
-            raise ValueError(f"flip_pairs: ({a}, {b}) is outside the model's {num_classes} classes")
-        perm[a], perm[b] = b, a
-    return perm
-
-
 @dataclass(frozen=True)
 class InferenceOptions:
     """How a semantic model is run over an image: one value passed from the config or the command line
     down to :func:`infer_probs` (instead of six keywords at every call site).
 
-    ``mode`` whole or slide, ``crop_size`` and ``stride`` of the sliding window (H, W), ``scales`` and ``flip``
+    ``mode`` whole, slide or affine, ``crop_size`` and ``stride`` of the sliding window (H, W; in affine mode
+    ``crop_size`` is the network's input size, SCHP's 473 x 473 on LIP), ``scales`` and ``flip``
     (with ``flip_pairs``, the label set's left/right pairs swapped on the flipped pass) for test-time
     augmentation, ``max_whole_pixels`` the whole-mode size above which a sliding window runs instead (None:
     never). Checked and normalised to tuples when built; :meth:`from_config` reads a config's ``eval`` section,
@@ -210,6 +205,10 @@ def infer_probs(
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f"infer_probs: images must be a float tensor [B, 3, H, W], got "
                          f"{images.dtype} {tuple(images.shape)}")
+    if o.mode == "affine":
+        from seglab.engine.affine import affine_probs
+
+        return affine_probs(model, images, o.crop_size, o.scales, o.flip, o.flip_pairs)
     h, w = images.shape[-2:]
     total: torch.Tensor | None = None
     runs = 0
@@ -228,7 +227,7 @@ def infer_probs(
             else:
                 probs = forward_logits(model, x).softmax(dim=1)
             if flipped:
-                probs = probs.flip(-1)[:, _flip_permutation(o.flip_pairs, probs.shape[1])]
+                probs = probs.flip(-1)[:, flip_permutation(o.flip_pairs, probs.shape[1])]
             if probs.shape[-2:] != (h, w):
                 probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
             total = probs if total is None else total + probs

@@ -163,12 +163,19 @@ class CE2P(nn.Module):
             *_conv_abn(w + 3 * w, w), nn.Dropout2d(0.1), nn.Conv2d(w, num_classes, 1)
         )
 
-    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor | list[Tensor]]:
+    #: forward takes ``output_size``: SCHP's test-time procedure (seglab.engine.affine) has the 1/4-resolution
+    #: logits of a scaled input resized straight to the network's input size, as SCHP's evaluate.py does
+    takes_output_size = True
+
+    def forward(self, x: Tensor, output_size: tuple[int, int] | None = None
+                ) -> Tensor | dict[str, Tensor | list[Tensor]]:
+        """Eval mode: the fusion logits resized (bilinear, ``align_corners=True``) to ``output_size`` (default:
+        the input's size). Train mode: the seg_output dict at 1/4 resolution (``output_size`` unused)."""
         c2, c3, c4, c5 = self.backbone(x)
         parsing, parsing_feature = self.decoder(self.context_encoding(c5), c2)
         edge, edge_feature = self.edge(c2, c3, c4)
         fusion = self.fusion(torch.cat([parsing_feature, edge_feature], dim=1))
-        out = fusion if self.training else _resize(fusion, x.shape[-2:])
+        out = fusion if self.training else _resize(fusion, output_size or x.shape[-2:])
         return seg_output(out, [parsing], training=self.training, edge=edge)
 
 
