@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seglab.errors import SeglabError
+    from seglab.errors import PREEMPTED_EXIT_CODE, Preempted, SeglabError
 
     parser = build_parser()
     # parse_known_args, so `key=value` overrides may also follow the --options
@@ -359,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
+    except Preempted as exc:  # SIGTERM/SIGINT in training: the state is saved; a scheduler may requeue on 75
+        print(f"seglab {args.command}: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except SeglabError as exc:
         print(f"seglab {args.command}: error: {exc}", file=sys.stderr)
         return 2

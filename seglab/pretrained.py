@@ -48,9 +48,11 @@ def model_spec(
 
 
 def load_model(
-    weights: str | Path, *, name: str | None = None, num_classes: int | None = None, config: Config | None = None
+    weights: str | Path, *, name: str | None = None, num_classes: int | None = None, config: Config | None = None,
+    verify: bool = True,
 ) -> nn.Module:
-    """The model of ``weights``, built as :func:`model_spec` says and loaded strictly (eval mode not set).
+    """The model of ``weights``, built as :func:`model_spec` says and loaded strictly (eval mode not set); the
+    file's SHA-256 is checked unless ``verify=False``.
 
     Raises :class:`~seglab.errors.CheckpointError` when the file is missing, unsafe, names no model, or does not
     match the model (missing, unexpected or mis-shaped tensors are listed).
@@ -60,7 +62,7 @@ def load_model(
 
     name, kwargs = model_spec(weights, name=name, num_classes=num_classes, config=config)
     model = create_model(name, **kwargs)
-    load_weights(model, weights)
+    load_weights(model, weights, verify=verify)
     return model
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from seglab.errors import StorageError
 
 if TYPE_CHECKING:  # torch is imported inside the functions that need it: atomic writes stay torch-free
     import torch
@@ -19,22 +22,61 @@ if TYPE_CHECKING:  # torch is imported inside the functions that need it: atomic
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` atomically: ``write(tmp_path)`` fills a temporary file in the same folder,
     which is fsynced and renamed over ``path``, then the folder is fsynced so the rename is durable.
-    A killed process leaves the old file intact (and at worst a stray ``.<name>.*.tmp``)."""
+    A killed process leaves the old file intact (and at worst a stray ``.<name>.*.tmp``). A write that fails
+    (a full disk, an I/O error) removes its temporary file, keeps the old file and raises
+    :class:`~seglab.errors.StorageError` naming the path and the free space."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         write(tmp_path)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp_path is not None:
+            try:
+                tmp_path.unlink(missing_ok=True)
+            except OSError:
+                pass  # the folder itself failed (e.g. went read-only); nothing more can be cleaned here
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+            kept = " (the previous file is intact)" if path.is_file() else ""
+            raise StorageError(f"{path}: could not be written: {exc.strerror or exc}{kept}; "
+                               f"{free_space(path.parent)}") from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def free_space(folder: str | Path) -> str:
+    """``"<n> MiB free on <folder>"`` for error messages (the nearest existing folder above ``folder``)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return f"free space on {folder} unknown"
+    return f"{free / 2**20:.1f} MiB free on {folder}"
+
+
+def check_writable(folder: str | Path, what: str = "folder") -> Path:
+    """Create ``folder`` if needed and write and remove a probe file in it; a folder that cannot be written (a
+    read-only mount, no permission, a file in the way) is a :class:`~seglab.errors.StorageError` now, not after
+    hours of work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".seglab-write-check.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StorageError(f"{folder}: the {what} is not writable ({exc.strerror or exc}); "
+                           f"choose a writable one") from exc
+    return folder
 
 
 def _fsync_dir(folder: Path) -> None:

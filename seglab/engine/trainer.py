@@ -21,6 +21,12 @@ files; evaluation shards the val set over the ranks and sums the confusion matri
 COCO results), so every rank reports the single-process metrics. Mixed precision (``train.precision``),
 gradient accumulation (``train.accumulate_steps``, an iteration is one optimiser step) and channels-last
 are options of the same loop; docs/training.md describes them.
+
+Preemption: SIGTERM or SIGINT during :meth:`Trainer.fit` ends the run at the end of the current iteration (all
+ranks at the same one) with the state of that iteration written, and raises
+:class:`~seglab.errors.Preempted` (the CLI exits with 75); ``--resume`` continues as after any checkpoint. A
+second signal acts at once (the files written so far are complete either way). A run folder that cannot be
+written is refused before training starts.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from typing import Any
 
@@ -48,10 +56,10 @@ from seglab.checkpoint import (
 from seglab.config import Config, save_config
 from seglab.engine import distributed as dist_utils
 from seglab.engine.precision import autocast, resolve_precision
-from seglab.errors import ConfigError, TrainingError
+from seglab.errors import ConfigError, Preempted, TrainingError
 from seglab.models import create_model
 from seglab.tasks import task_of
-from seglab.utils import atomic_write_text, resolve_device, seed_everything
+from seglab.utils import atomic_write_text, check_writable, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -482,17 +490,27 @@ class Trainer:
         """
         cfg = self.cfg
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            check_writable(self.ckpt_dir, "run folder")  # a read-only output_dir fails now, not at the first checkpoint
             save_config(cfg, self.run_dir / "config.yaml")
             from seglab.engine.run_logger import RunLogger
 
             self._logger = RunLogger(self.run_dir, backend=cfg.train.logger)  # fails now if tensorboard is missing
         try:
-            return self._fit(stop_at)
+            with _StopSignals() as signals:
+                return self._fit(stop_at, signals)
         finally:
             self._close_logger()
 
-    def _fit(self, stop_at: int | None):
+    def _stop_requested(self, signals: _StopSignals) -> bool:
+        """Whether any rank received SIGTERM/SIGINT (agreed by all ranks, so they stop at the same iteration)."""
+        flag = signals.received is not None
+        if self.dist.distributed:
+            buf = torch.tensor([float(flag)], device=self.device)
+            torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(buf.item())
+        return flag
+
+    def _fit(self, stop_at: int | None, signals: _StopSignals | None = None):
         cfg = self.cfg
         total = cfg.train.iters
         metrics = None
@@ -524,8 +542,15 @@ class Trainer:
                                 self.eval_model().state_dict(),
                                 {**self.weights_metadata(), score_name: score},
                             )
-                if self.iteration % cfg.train.checkpoint_interval == 0 or self.iteration in (total, stop_at):
+                saved = self.iteration % cfg.train.checkpoint_interval == 0 or self.iteration in (total, stop_at)
+                if saved:
                     self.save_checkpoint()
+                if signals is not None and self._stop_requested(signals):
+                    if not saved:
+                        self.save_checkpoint()
+                    name = signal.Signals(signals.received).name if signals.received else "a signal on another rank"
+                    raise Preempted(f"stopped by {name} after iteration {self.iteration} of {total}; its state is "
+                                    f"{self.ckpt_dir / 'last_state.pt'} (continue with --resume)")
         if stop_at is not None and self.iteration < total:
             return metrics
         if metrics is None:  # resumed a finished run
@@ -540,6 +565,38 @@ class Trainer:
         except ImportError as exc:  # matplotlib is a dependency; only a broken install gets here
             log.warning("curves.png not drawn: %s", exc)
         return metrics
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT, while training, set :attr:`received` instead of ending the process; the loop checks it
+    after each iteration. The first signal restores the previous handlers, so a second one acts at once. Only the
+    main thread can install handlers; elsewhere (a Trainer run in a thread) signals keep their usual effect."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        self._restore()
+        log.warning("%s received: stopping after this iteration with its state saved (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
 
 
 def _progress_bar(enabled: bool):

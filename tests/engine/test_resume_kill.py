@@ -1,6 +1,7 @@
 """A killed run loses nothing: SIGKILL at a random point, ``--resume``, and the final weights equal an
-uninterrupted run's bit for bit (CPU); checkpoints are always complete files; a non-finite loss stops the
-run with the last good checkpoint kept."""
+uninterrupted run's bit for bit (CPU); SIGTERM and SIGINT (preemption) save the state of the iteration they
+interrupt and exit with 75, and the resume is as exact; checkpoints are always complete files; a non-finite
+loss stops the run with the last good checkpoint kept."""
 
 import json
 import os
@@ -101,21 +102,26 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def kill_and_resume(tiny_root: Path, tmp_path: Path, workers: int, seed: int) -> None:
-    """Run A uninterrupted; run B in a subprocess killed with SIGKILL after a random number of iterations,
-    resumed through the CLI; B's final weights and per-iteration losses must equal A's."""
+def kill_and_resume(tiny_root: Path, tmp_path: Path, workers: int, seed: int, sig: int = signal.SIGKILL,
+                    checkpoint_interval: int = 1) -> None:
+    """Run A uninterrupted; run B in a subprocess sent ``sig`` after a random number of iterations, resumed
+    through the CLI; B's final weights and per-iteration losses must equal A's. SIGKILL goes to the process group
+    (data workers die with it) and leaves the last periodic checkpoint; SIGTERM/SIGINT go to the main process,
+    which saves the iteration it was in and exits with 75 (``checkpoint_interval`` above ITERS: that save is the
+    only one before the end)."""
     assert torch.get_num_threads() == 1, "the subprocess runs on one thread; so must run A and the resume"
     rng = random.Random(seed)
     kill_after, extra_delay = rng.randint(3, ITERS - 5), rng.uniform(0.0, 0.05)
+    train = {"checkpoint_interval": checkpoint_interval}
 
-    cfg_a = config_from_dict(tiny_config(tiny_root, tmp_path, "a", workers))
+    cfg_a = config_from_dict(tiny_config(tiny_root, tmp_path, "a", workers, **train))
     Trainer(cfg_a).fit()
     run_a = tmp_path / "a"
     assert temp_files(run_a) == set(), "an uninterrupted run left temporary files"
 
     config_path = tmp_path / "b.yaml"
     config_path.write_text(yaml.safe_dump(config_to_dict(config_from_dict(tiny_config(tiny_root, tmp_path, "b",
-                                                                                      workers)))))
+                                                                                      workers, **train)))))
     run_b = tmp_path / "b"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     watcher = _CheckpointWatcher(run_b / "checkpoints")
@@ -131,23 +137,34 @@ def kill_and_resume(tiny_root: Path, tmp_path: Path, workers: int, seed: int) ->
             time.sleep(0.005)
         time.sleep(extra_delay)
         assert proc.poll() is None, f"run B ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
-        os.killpg(proc.pid, signal.SIGKILL)  # the process group: data workers die with it
-        proc.wait(timeout=30)
+        if sig == signal.SIGKILL:
+            os.killpg(proc.pid, signal.SIGKILL)  # the process group: data workers die with it
+        else:
+            os.kill(proc.pid, sig)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         watcher.stop.set()
         watcher.join()
-    assert proc.returncode == -signal.SIGKILL
+    stderr = proc.stderr.read().decode()
     assert watcher.errors == [], watcher.errors[:3]
-    assert watcher.reads > 0
 
-    # what the kill left: complete files of one iteration, short of the end
     state = load_training_state(run_b / "checkpoints/last_state.pt")
     killed_at = int(state["iteration"])
     assert kill_after - 1 <= killed_at < ITERS
-    assert read_metadata(run_b / "checkpoints/last.safetensors")["iteration"] in (killed_at, killed_at - 1)
+    if sig == signal.SIGKILL:  # what the kill left: complete files of one iteration, short of the end
+        assert proc.returncode == -signal.SIGKILL
+        assert watcher.reads > 0
+        assert read_metadata(run_b / "checkpoints/last.safetensors")["iteration"] in (killed_at, killed_at - 1)
+    else:  # the state of the last iteration run, written on the signal; a distinct exit code; a clear message
+        assert proc.returncode == 75, stderr[-2000:]
+        assert max(losses_by_iter(run_b)) == killed_at
+        assert read_metadata(run_b / "checkpoints/last.safetensors")["iteration"] == killed_at
+        name = signal.Signals(sig).name
+        assert f"stopped by {name} after iteration {killed_at} of {ITERS}" in stderr, stderr[-2000:]
+        assert "last_state.pt (continue with --resume)" in stderr
 
     assert cli_main(["train", str(config_path), "--resume"]) == 0
     assert json.loads((run_b / "final_metrics.json").read_text())["mIoU"] == pytest.approx(
@@ -159,6 +176,11 @@ def kill_and_resume(tiny_root: Path, tmp_path: Path, workers: int, seed: int) ->
 
 def test_sigkill_then_resume_is_bit_identical(tiny_root, tmp_path, one_thread):
     kill_and_resume(tiny_root, tmp_path, workers=0, seed=1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_preemption_signal_saves_the_iteration_and_resume_is_bit_identical(tiny_root, tmp_path, one_thread, sig):
+    kill_and_resume(tiny_root, tmp_path, workers=0, seed=3, sig=sig, checkpoint_interval=1000)
 
 
 @pytest.mark.slow
