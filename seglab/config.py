@@ -88,6 +88,7 @@ class TrainConfig:
     channels_last: bool = False  # model and input images in channels-last memory format
     sync_bn: bool = False  # BatchNorm -> SyncBatchNorm in distributed runs (CUDA only)
     find_unused_parameters: bool = False  # DDP option, for models with parameters unused in a step
+    dist_timeout_s: float = 600.0  # distributed: a collective waiting longer for a hung process is an error
     logger: str = "jsonl"  # jsonl | tensorboard (metrics.jsonl is always written)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     loss: str = "ce"  # ce (SegmentationLoss) | ce2p | jppnet | ss_jppnet | pgn (the parsing models' losses)

@@ -9,6 +9,7 @@ single-process no-op, so library code calls them unconditionally.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +52,14 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={raw!r}: expected an integer (set by torchrun)") from None
 
 
-def init_from_env(device: torch.device) -> tuple[DistInfo, torch.device]:
+def init_from_env(device: torch.device, timeout_s: float = 600.0) -> tuple[DistInfo, torch.device]:
     """Join the process group described by torchrun's environment; returns this process's info and device.
 
     ``device`` is the configured device type: on CUDA each process takes ``cuda:LOCAL_RANK`` and the
     backend is nccl, on the CPU gloo. With ``WORLD_SIZE`` unset or 1 nothing is initialised. A group
-    already initialised by the caller (``torch.multiprocessing.spawn``) is used as it is.
+    already initialised by the caller (``torch.multiprocessing.spawn``) is used as it is. ``timeout_s`` bounds
+    every collective: a process that hangs (rather than dies, which its peers see at once) makes the others fail
+    after that long instead of torch's default 30 minutes.
     """
     if is_initialized():
         info = DistInfo(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
@@ -72,11 +75,28 @@ def init_from_env(device: torch.device) -> tuple[DistInfo, torch.device]:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
     if info.world_size > 1 and device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
         device = torch.device("cuda", info.local_rank)
     return info, device
+
+
+def restart_count() -> int:
+    """How many times torchrun (``--max-restarts``) has restarted this worker group; 0 outside torchrun."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed collective (a peer process that died, hung past the timeout or lost its
+    connection) rather than an error of the step itself. gloo raises these as plain RuntimeErrors."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        mark in text for mark in ("gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "Timed out")
+    )
 
 
 def get_rank() -> int:
@@ -143,7 +163,9 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "init_from_env",
+    "is_collective_failure",
     "is_initialized",
     "is_main",
+    "restart_count",
     "shard_batches",
 ]

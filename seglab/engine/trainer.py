@@ -26,7 +26,10 @@ Preemption: SIGTERM or SIGINT during :meth:`Trainer.fit` ends the run at the end
 ranks at the same one) with the state of that iteration written, and raises
 :class:`~seglab.errors.Preempted` (the CLI exits with 75); ``--resume`` continues as after any checkpoint. A
 second signal acts at once (the files written so far are complete either way). A run folder that cannot be
-written is refused before training starts.
+written is refused before training starts. Distributed: a process that dies makes the others fail their next
+collective at once, one that hangs after ``train.dist_timeout_s``; either is a TrainingError naming the rank and
+the last checkpoint. Under ``torchrun --max-restarts=N`` a restarted worker group resumes from that checkpoint
+by itself.
 """
 
 from __future__ import annotations
@@ -206,7 +209,7 @@ class Trainer:
 
         self.cfg = cfg
         t = cfg.train
-        self.dist, self.device = dist_utils.init_from_env(resolve_device(t.device))
+        self.dist, self.device = dist_utils.init_from_env(resolve_device(t.device), t.dist_timeout_s)
         self.is_main = self.dist.is_main
         self.progress = progress and self.is_main
         self.precision = resolve_train_precision(cfg, self.device)
@@ -263,6 +266,11 @@ class Trainer:
         self.iteration = 0
         self.best_score = -1.0  # the task's score: val mIoU, or mask AP for instance models
         self.history: list[dict[str, Any]] = []
+        if not resume and dist_utils.restart_count() > 0 and (self.ckpt_dir / "last_state.pt").is_file():
+            # torchrun --max-restarts started this worker group again after a process failed: continue the run
+            log.warning("torchrun restart %d: resuming from %s", dist_utils.restart_count(),
+                        self.ckpt_dir / "last_state.pt")
+            resume = True
         if resume:
             self._resume()
 
@@ -498,6 +506,16 @@ class Trainer:
         try:
             with _StopSignals() as signals:
                 return self._fit(stop_at, signals)
+        except RuntimeError as exc:
+            if not (self.dist.distributed and dist_utils.is_collective_failure(exc)):
+                raise
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrainingError(
+                f"rank {self.dist.rank}: a collective operation failed in iteration {self.iteration + 1}: another "
+                f"process died, lost its connection or hung for more than train.dist_timeout_s="
+                f"{self.cfg.train.dist_timeout_s:g} s ({first_line}); the last checkpoint is "
+                f"{self.ckpt_dir / 'last_state.pt'} (continue with --resume; torchrun --max-restarts does it by itself)"
+            ) from None
         finally:
             self._close_logger()
 

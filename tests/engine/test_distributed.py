@@ -129,7 +129,7 @@ def test_distributed_config_errors(clean_root, tmp_path, monkeypatch):
     SyncBatchNorm (CUDA only in this torch) is refused on the CPU."""
     from seglab.engine import distributed
 
-    monkeypatch.setattr(distributed, "init_from_env", lambda device: (distributed.DistInfo(0, 2, 0), device))
+    monkeypatch.setattr(distributed, "init_from_env", lambda device, timeout_s: (distributed.DistInfo(0, 2, 0), device))
     uneven = config_dict(clean_root, tmp_path, "uneven")
     uneven["data"]["batch_size"] = 3
     with pytest.raises(ConfigError, match=r"data.batch_size=3 \(the global batch\) is not divisible by the 2"):
