@@ -75,8 +75,16 @@ def init_from_env(device: torch.device, timeout_s: float = 600.0) -> tuple[DistI
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = None
+        if "TORCHELASTIC_RESTART_COUNT" in os.environ:
+            # under torchrun the store outlives a restart of the worker group; without a prefix of its own, a
+            # restarted process may read the address a dead process of the previous attempt published there and
+            # fail to connect (seen under load with --max-restarts)
+            base, _, _ = next(dist.rendezvous("env://", rank=info.rank, world_size=info.world_size, timeout=timeout))
+            store = dist.PrefixStore(f"seglab/attempt_{restart_count()}/", base)
+        dist.init_process_group(backend=backend, store=store, rank=info.rank, world_size=info.world_size,
+                                timeout=timeout)
     if info.world_size > 1 and device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
         device = torch.device("cuda", info.local_rank)
@@ -95,7 +103,9 @@ def is_collective_failure(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and any(
-        mark in text for mark in ("gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "Timed out")
+        mark in text
+        for mark in ("gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "Timed out", "timeout caused",
+                     "pair closure")
     )
 
 

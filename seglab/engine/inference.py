@@ -123,7 +123,7 @@ def _slide_probs(
         probs[:, :, y0:y1, x0:x1] += window
         count[:, :, y0:y1, x0:x1] += 1
     assert probs is not None  # sliding_windows always yields at least one window
-    return (probs / count)[:, :, :h, :w]
+    return probs.div_(count)[:, :, :h, :w]  # in place: the full-size map is the memory a huge image costs
 
 
 def check_max_whole_pixels(value: int | None) -> int | None:
@@ -230,10 +230,11 @@ def infer_probs(
                 probs = probs.flip(-1)[:, flip_permutation(o.flip_pairs, probs.shape[1])]
             if probs.shape[-2:] != (h, w):
                 probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-            total = probs if total is None else total + probs
+            # in place (every probs here is a new tensor): one full-size map alive, not three
+            total = probs if total is None else total.add_(probs)
             runs += 1
     assert total is not None
-    return total / runs
+    return total if runs == 1 else total.div_(runs)
 
 
 def parse_tta(tta: str | Sequence[str]) -> tuple[bool, tuple[float, ...] | None]:

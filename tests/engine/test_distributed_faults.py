@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from benchmarks.memory import descendants
 from seglab.checkpoint import load_state_dict
 
 ITERS = 24
@@ -112,26 +113,15 @@ def test_a_dead_or_hung_rank_makes_the_other_exit_with_a_clear_error(root, tmp_p
 
 def rank_pids(agent_pid: int) -> dict[int, int]:
     """The torchrun workers under ``agent_pid``: {rank: pid}, from /proc (Linux)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    ranks, todo = {}, [agent_pid]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            todo.append(child)
-            try:
-                environ = (Path("/proc") / str(child) / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            values = dict(item.split(b"=", 1) for item in environ if b"=" in item)
-            if b"RANK" in values and b"TORCHELASTIC_RESTART_COUNT" in values:
-                ranks[int(values[b"RANK"])] = child
+    ranks = {}
+    for child in descendants(agent_pid):
+        try:
+            environ = (Path("/proc") / str(child) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        values = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if b"RANK" in values and b"TORCHELASTIC_RESTART_COUNT" in values:
+            ranks[int(values[b"RANK"])] = child
     return ranks
 
 
@@ -171,3 +161,16 @@ def test_torchrun_restarts_a_killed_rank_and_the_run_ends_as_an_uninterrupted_on
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_the_messages_gloo_fails_collectives_with_are_recognised():
+    """The three messages gloo gave in these tests (a dead peer, a hung peer in a receive, a hung peer in DDP's
+    forward) are collective failures; an error of the step itself is not."""
+    from seglab.engine.distributed import is_collective_failure
+
+    for text in ("[../gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:22930: Connection reset by peer.",
+                 "[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 10000ms for recv operation",
+                 "Application timeout caused pair closure"):
+        assert is_collective_failure(RuntimeError(text)), text
+    assert not is_collective_failure(RuntimeError("The size of tensor a (3) must match the size of tensor b (4)"))
+    assert not is_collective_failure(ValueError("gloo"))
