@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from seglab.errors import CheckpointError
@@ -102,10 +102,10 @@ def load_state_dict(path: str | Path, *, verify: bool = True) -> dict[str, torch
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        try:
-            tensors = load_file(str(path))
+        try:  # one open for tensors and metadata: a file replaced in between (a run saving) cannot mix two saves
             with safe_open(str(path), framework="pt") as fh:
                 raw = fh.metadata() or {}
+                tensors = {key: fh.get_tensor(key) for key in fh.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file, or damaged ({exc})") from None
         if verify:

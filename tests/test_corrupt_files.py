@@ -156,3 +156,31 @@ def test_files_without_a_checksum_load_unchecked(tmp_path):
     assert torch.equal(load_state_dict(tmp_path / "foreign.safetensors")["w"], tensors["w"])
     torch.save({"iteration": 3}, tmp_path / "old_state.pt")
     assert load_training_state(tmp_path / "old_state.pt") == {"iteration": 3}
+
+
+def test_a_file_replaced_while_it_is_read_loads_as_one_save_or_the_other(tmp_path):
+    """A reader (a server, an evaluation) loading last.safetensors while a run replaces it gets one complete save:
+    tensors and the checksum in the metadata are read through one open, never from two different saves."""
+    import threading
+
+    path = tmp_path / "last.safetensors"
+    saves = [{"w": torch.full((64, 64), float(i))} for i in range(2)]
+    save_weights(path, saves[0], {"iteration": 0})
+    stop, seen = threading.Event(), set()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            save_weights(path, saves[i % 2], {"iteration": i % 2})
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        for _ in range(400):
+            state = load_state_dict(path)  # raises CheckpointError on a mixed read
+            seen.add(float(state["w"][0, 0]))
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == {0.0, 1.0}, seen  # the file really was replaced under the reads
