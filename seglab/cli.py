@@ -315,7 +315,7 @@ def _naive_student_parsers(sub) -> None:
     p = sub.add_parser("pseudo-label", help="Naive-Student: label unlabelled images with a teacher (TTA, threshold)")
     _add_config(p)
     p.add_argument("--weights", required=True, help="the teacher's weights")
-    p.add_argument("--images", required=True, help="folder of unlabelled images")
+    p.add_argument("--images", required=True, help="folder of unlabelled images (sub-folders included)")
     p.add_argument("--out", required=True, help="output folder: images/ and masks/ (the folder dataset layout)")
     p.add_argument("--threshold", type=float, default=0.7, help="pixels less confident than this become 255")
     p.add_argument("--tta", help="default: flip,scales=0.5,0.75,1,1.25,1.5,1.75 (the paper's)")
@@ -323,7 +323,8 @@ def _naive_student_parsers(sub) -> None:
 
     p = sub.add_parser("naive-student", help="Naive-Student: teacher, pseudo-labels, student; repeated")
     _add_config(p)
-    p.add_argument("--unlabelled", required=True, help="folder of unlabelled images")
+    p.add_argument("--unlabelled", required=True,
+                   help="folder of unlabelled images, sub-folders included (Cityscapes: leftImg8bit_sequence/train)")
     p.add_argument("--rounds", type=int, required=True, help="student generations")
     p.add_argument("--teacher-weights", help="skip training the first teacher: use these weights")
     p.add_argument("--work-dir", help="default: <output_dir>/<name>_naive_student")

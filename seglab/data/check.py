@@ -145,6 +145,8 @@ def _check_sample(sample: Sample, layout: Layout, num_classes: int) -> _SampleRe
         kind = getattr(exc, "kind", "corrupt_image" if sample.label.is_file() else "missing_file")
         problems.append((kind, str(sample.label), str(exc)))
         return _SampleResult(problems)
+    if layout.map_label is not None:
+        label = layout.map_label(sample.label, label)
     if size is not None and label.shape != (size[1], size[0]):
         problems.append((
             "size_mismatch", str(sample.label),
@@ -152,7 +154,9 @@ def _check_sample(sample: Sample, layout: Layout, num_classes: int) -> _SampleRe
         ))
     bad = np.unique(label[(label >= num_classes) & (label != 255)])
     if bad.size:
-        problems.append(("label_out_of_range", str(sample.label), f"values {bad.tolist()[:10]} >= {num_classes}"))
+        mapped = " (train ids, after the layout's id mapping)" if layout.map_label is not None else ""
+        problems.append(("label_out_of_range", str(sample.label),
+                         f"values {bad.tolist()[:10]} >= {num_classes}{mapped}"))
     if layout.check_sample is not None:
         problems += layout.check_sample(sample, label)
     if any(kind not in WARNING_KINDS for kind, _, _ in problems):
@@ -161,7 +165,8 @@ def _check_sample(sample: Sample, layout: Layout, num_classes: int) -> _SampleRe
 
 
 def _detect(root: Path) -> list[Layout]:
-    return [layout for layout in list_layouts() if layout.detect(root)]
+    found = [layout for layout in list_layouts() if layout.detect(root)]
+    return [layout for layout in found if not layout.generic] or found
 
 
 def detect_layouts(root: Path) -> list[str]:

@@ -121,6 +121,41 @@ CAMVID_COLORS = (  # the SegNet CamVid colours
 )  # fmt: skip
 
 
+# ADE20K SceneParsing (Zhou et al., CVPR 2017): the 150 classes of objectInfo150, in annotation order 1..150
+# (annotation value 0, "other", is not a class: the loader ignores it and shifts the rest down by one).
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
+    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
+    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
+    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
+    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
+    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
+    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
+    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)  # fmt: skip
+
+# COCO-Stuff 164k (Caesar et al., CVPR 2018): the 80 thing and 91 stuff classes that occur, in category-id order
+# (the 11 unused thing ids of COCO are dropped: 171 contiguous train ids).
+COCO_STUFF_CLASSES = COCO_CLASSES[1:] + (
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard", "carpet",
+    "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain", "desk-stuff",
+    "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood",
+    "flower", "fog", "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill", "house",
+    "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper",
+    "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield", "railing", "railroad", "river",
+    "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow",
+    "solid-other", "stairs", "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel",
+    "tree", "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
+    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
+)  # fmt: skip
+
 def _voc_colored(name: str, classes: tuple[str, ...]) -> LabelSet:
     return LabelSet(name, classes, tuple(voc_colormap(len(classes))))
 
@@ -132,6 +167,9 @@ _LABEL_SETS: dict[str, LabelSet] = {
     "lip": LabelSet("lip", LIP_CLASSES, LIP_COLORS, LIP_FLIP_PAIRS),
     "cityscapes": LabelSet("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_COLORS),
     "camvid": LabelSet("camvid", CAMVID_CLASSES, CAMVID_COLORS),
+    # ADE20K and COCO-Stuff: the VOC colour map (distinct for the first 256 indices)
+    "ade20k": _voc_colored("ade20k", ADE20K_CLASSES),
+    "coco_stuff": _voc_colored("coco_stuff", COCO_STUFF_CLASSES),
     "coco": _voc_colored("coco", COCO_CLASSES),  # the VOC colour map: distinct for the first 256 indices
     "cihp": LabelSet("cihp", CIHP_CLASSES, LIP_COLORS, LIP_FLIP_PAIRS),
     # ATR and Pascal-Person-Part: the VOC colour map, as SCHP's get_palette draws them

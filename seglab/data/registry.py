@@ -44,6 +44,16 @@ Problem = tuple[str, str, str]  # (kind, path, message)
 ScanHook = Callable[[Path, "list[str] | None", AddProblem], dict[str, list[Sample]]]
 SampleHook = Callable[[Sample, np.ndarray], list[Problem]]
 Builder = Callable[[DataConfig, str, bool], Any]
+LabelMap = Callable[[Path, np.ndarray], np.ndarray]
+
+
+def lookup_table(pairs: Mapping[int, int], default: int = 255) -> np.ndarray:
+    """A 256-entry uint8 table sending each key of ``pairs`` to its value and every other value to ``default``
+    (apply as ``table[label]``): how a layout's stored ids become train ids."""
+    table = np.full(256, default, dtype=np.uint8)
+    for key, value in pairs.items():
+        table[key] = value
+    return table
 
 
 @dataclass(frozen=True)
@@ -58,9 +68,12 @@ class Layout:
       (``splits`` None: every split found), reporting layout-level problems (missing folders or split lists,
       unpaired files) through ``add``; the scanner then reads every sample as the loaders do;
     - ``check_sample(sample, label)``: further problems of one sample once its label map was read (CIHP: the
-      three id maps agree), or None.
+      three id maps agree), or None;
+    - ``map_label(path, values)``: the train ids of a label file's values, for layouts that store other ids
+      (Cityscapes' labelIds, ADE20K's 0 = other, CamVid's 11 = void), or None; the loaders apply the same.
 
-    ``problem_kinds`` are the kinds only this layout reports, with their meaning.
+    ``problem_kinds`` are the kinds only this layout reports, with their meaning; a ``generic`` layout (the plain
+    folder) is taken for a folder only when no other layout detects it.
     """
 
     name: str
@@ -70,6 +83,8 @@ class Layout:
     scan: ScanHook
     check_sample: SampleHook | None = None
     problem_kinds: Mapping[str, str] = field(default_factory=dict)
+    map_label: LabelMap | None = None
+    generic: bool = False  # matches any folder of images (the folder layout): detected only where no other is
 
 
 def config_root(cfg: DataConfig) -> Path:

@@ -12,7 +12,8 @@ with low-confidence pixels (averaged max probability below ``threshold``, defaul
 students trained from scratch with the teacher's schedule, the student as the next teacher, the val set
 untouched. Deviations: the student trains on the union of labelled and pseudo-labelled images sampled
 uniformly in one stage (the paper also studies pre-training on pseudo-labels, then fine-tuning on the
-labelled set); the paper's unlabelled video frames are any plain images here.
+labelled set); the unlabelled images are any folder of images, sub-folders included (the paper's are
+Cityscapes' ``leftImg8bit_sequence`` video frames: pass ``leftImg8bit_sequence/train``).
 
 The student's data is a folder dataset written to disk (symlinks, or copies where links fail)::
 
@@ -76,12 +77,14 @@ class RoundResult:
 
 
 def list_images(images: Sequence[str | Path] | str | Path) -> list[Path]:
-    """Image files of a folder (sorted, by suffix) or the given paths; two images sharing a stem are an error."""
+    """Image files of a folder and its sub-folders (sorted by path, by suffix; Cityscapes'
+    ``leftImg8bit_sequence/<split>`` holds one folder per city) or the given paths; two images sharing a stem are
+    an error."""
     if isinstance(images, (str, Path)):
         folder = Path(images)
         if not folder.is_dir():
             raise DatasetError(f"{folder}: folder of unlabelled images not found")
-        paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     else:
@@ -161,9 +164,9 @@ def _add_pairs(dataset: Any, dst: Path, prefix: str, label_set: LabelSet) -> int
     for stem, image, label in zip(dataset.ids, dataset.image_paths, dataset.label_paths, strict=True):
         name = f"{prefix}{Path(stem).name}"
         _link(Path(image), dst / "images" / f"{name}{Path(image).suffix}")
-        if Path(label).suffix.lower() == ".png":
+        if Path(label).suffix.lower() == ".png" and getattr(dataset, "label_map", None) is None:
             _link(Path(label), dst / "masks" / f"{name}.png")
-        else:  # e.g. SBD .mat labels merged into VOC train: rewrite as PNG
+        else:  # SBD .mat labels, or files of other ids (Cityscapes' labelIds, ADE20K's): train ids as PNG
             write_label_png(dst / "masks" / f"{name}.png", dataset.load_label(Path(label)), label_set)
     return len(dataset.ids)
 
@@ -188,6 +191,9 @@ def build_student_data(cfg: Config, pseudo_dir: Path, out_dir: Path) -> int:
 def _student_config(cfg: Config, data_dir: Path, work_dir: Path, name: str) -> Config:
     student = copy.deepcopy(cfg)
     student.name, student.output_dir = name, str(work_dir)
+    from seglab.data import label_set_for
+
+    student.data.palette = label_set_for(cfg.data).name  # the folder layout has no label set of its own
     student.data.dataset, student.data.root = "folder", str(data_dir)
     student.data.train_split, student.data.val_split, student.data.sbd_root = "train", "val", ""
     return student
@@ -223,9 +229,12 @@ def naive_student(
 
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"naive_student: rounds must be a positive integer, got {rounds!r}")
-    if cfg.data.dataset not in ("voc", "demo", "folder"):  # the layouts build_student_data copies from
-        raise ConfigError(f"data.dataset: naive_student needs a semantic dataset (voc, demo, folder), got "
-                          f"{cfg.data.dataset!r}")
+    from seglab.data import build_dataset
+    from seglab.data.datasets import PairedSegmentationDataset
+
+    if not isinstance(build_dataset(cfg.data, cfg.data.train_split, train=False), PairedSegmentationDataset):
+        raise ConfigError(f"data.dataset: naive_student needs a dataset of image/label-map pairs (voc, folder, "
+                          f"cityscapes, ade20k, camvid, coco_stuff, demo), got {cfg.data.dataset!r}")
     work_dir = Path(work_dir)
     images = list_images(unlabelled)
     record = work_dir / "naive_student.json"

@@ -17,6 +17,8 @@ from seglab.data.datasets.demo_people import generate_demo_people
 from seglab.data.registry import Layout, register_dataset, register_layout
 from seglab.errors import ConfigError, DatasetError
 
+from .layouts import write_ade20k, write_camvid, write_cityscapes, write_coco_stuff
+
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "datasets.md"
 
 
@@ -31,7 +33,14 @@ def folders(demo_root, tmp_path_factory):
     Image.new("RGB", (8, 6)).save(mine / "images" / "a.png")
     Image.fromarray(np.zeros((6, 8), np.uint8)).save(mine / "masks" / "a.png")
     lip, cihp = people / "LIP", people / "CIHP"
+    scenes = tmp_path_factory.mktemp("scenes")
+    cityscapes = write_cityscapes(scenes / "cityscapes")
     return {
+        "cityscapes": (cityscapes, {"semantic": "CityscapesSegmentation"}),
+        "cityscapes_coarse": (cityscapes, {"semantic": "CityscapesSegmentation"}),
+        "ade20k": (write_ade20k(scenes / "ade"), {"semantic": "ADE20KSegmentation"}),
+        "camvid": (write_camvid(scenes / "CamVid"), {"semantic": "CamVidSegmentation"}),
+        "coco_stuff": (write_coco_stuff(scenes / "cocostuff"), {"semantic": "COCOStuffSegmentation"}),
         "voc": (demo_root, {"semantic": "VOCSegmentation"}),
         "demo": (demo_root, {"semantic": "VOCSegmentation", "instance": "COCOInstances"}),
         "coco": (demo_root, {"instance": "COCOInstances"}),
@@ -98,8 +107,11 @@ def test_registered_datasets_check_clean_with_their_layouts(folders, tmp_path):
 
 def test_folder_layouts_are_detected_from_the_registry(folders):
     names = [layout.name for layout in list_layouts()]
-    assert sorted(names) == ["cihp", "coco", "folder", "lip", "voc"]
-    for name, expected in (("folder", ["folder"]), ("lip", ["lip"]), ("cihp", ["cihp"]), ("demo", ["voc", "coco"])):
+    assert sorted(names) == ["ade20k", "camvid", "cihp", "cityscapes", "cityscapes_coarse", "coco", "coco_stuff",
+                             "folder", "lip", "voc"]
+    for name, expected in (("folder", ["folder"]), ("lip", ["lip"]), ("cihp", ["cihp"]), ("demo", ["voc", "coco"]),
+                           ("cityscapes", ["cityscapes", "cityscapes_coarse"]), ("ade20k", ["ade20k"]),
+                           ("camvid", ["camvid"]), ("coco_stuff", ["coco_stuff"])):
         assert check_dataset(folders[name][0]).layouts == expected
 
 

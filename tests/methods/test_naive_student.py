@@ -195,3 +195,27 @@ def test_demo_config_is_the_demo_recipe_on_the_labelled_split():
         demo.model, demo.optim, demo.schedule, demo.train, demo.eval)
     assert (cfg.data.dataset, cfg.data.train_split, cfg.data.val_split) == ("folder", "labelled", "val")
     assert (cfg.data.crop_size, cfg.data.batch_size, cfg.data.palette) == (demo.data.crop_size, 8, "demo_shapes")
+
+
+def test_naive_student_on_cityscapes_with_sequence_frames_as_the_unlabelled_set(tmp_path, capsys):
+    """Naive-Student's setting: a Cityscapes-layout labelled set (labelIds, mapped to train ids) and the
+    leftImg8bit_sequence frames of all cities as the unlabelled images, through the CLI."""
+    import yaml
+    from data.layouts import CITYSCAPES_ROWS, write_cityscapes
+
+    root = write_cityscapes(tmp_path / "cityscapes")
+    cfg = _tiny_cfg(root, tmp_path / "runs", iters=1)
+    cfg["model"]["num_classes"] = 19
+    cfg["data"] = {"dataset": "cityscapes", "root": str(root), "crop_size": [16, 16], "batch_size": 2, "workers": 0}
+    cfg_path = tmp_path / "cs.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert main(["naive-student", str(cfg_path), "--unlabelled", str(root / "leftImg8bit_sequence" / "train"),
+                 "--rounds", "1", "--work-dir", str(tmp_path / "ns"), "--threshold", "0"]) == 0
+    assert "round 1 student" in capsys.readouterr().out
+    train = tmp_path / "ns" / "round1_data" / "train"
+    pseudo = sorted(p.name for p in (train / "masks").iterdir() if p.name.startswith("pseudo_"))
+    assert pseudo == [f"pseudo_aachen_000000_{i:06d}_leftImg8bit.png" for i in range(3)]
+    # the labelled part is written in train ids, not linked as labelIds
+    label = read_label(train / "masks" / "labelled_aachen_000000_000000.png")
+    raw = read_label(root / "gtFine/train/aachen/aachen_000000_000000_gtFine_labelIds.png")
+    np.testing.assert_array_equal(label, np.vectorize(CITYSCAPES_ROWS.get)(raw))

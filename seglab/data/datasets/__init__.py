@@ -5,8 +5,12 @@ names in :mod:`seglab.data.registry`; the registry's accessors are re-exported h
 through this package always sees every registration.
 """
 
+from seglab.data.datasets.ade20k import ADE20KSegmentation
+from seglab.data.datasets.camvid import CamVidSegmentation
 from seglab.data.datasets.cihp import CIHPDataset
+from seglab.data.datasets.cityscapes import CityscapesSegmentation
 from seglab.data.datasets.coco import COCOInstances, check_coco, coco_layout
+from seglab.data.datasets.coco_stuff import COCOStuffSegmentation
 from seglab.data.datasets.demo import ensure_demo_data, generate_demo_data
 from seglab.data.datasets.demo_people import ensure_demo_people, generate_demo_people
 from seglab.data.datasets.folder import FolderSegmentation
@@ -15,8 +19,12 @@ from seglab.data.datasets.voc import PairedSegmentationDataset, VOCSegmentation
 from seglab.data.registry import datasets_markdown, get_dataset, list_datasets, list_layouts, with_datasets_table
 
 __all__ = [
+    "ADE20KSegmentation",
     "CIHPDataset",
     "COCOInstances",
+    "COCOStuffSegmentation",
+    "CamVidSegmentation",
+    "CityscapesSegmentation",
     "FolderSegmentation",
     "LIPDataset",
     "PairedSegmentationDataset",

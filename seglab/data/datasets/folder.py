@@ -151,7 +151,7 @@ def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[
     return found
 
 
-FOLDER = register_layout(Layout("folder", TREE, "voc", _detect, _scan_splits))
+FOLDER = register_layout(Layout("folder", TREE, "voc", _detect, _scan_splits, generic=True))
 
 
 def _build(cfg: DataConfig, split: str, train: bool) -> FolderSegmentation:

@@ -85,13 +85,53 @@ def read_sbd_label(path: Path) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
+def pair_by_name(
+    images_dir: Path, labels_dir: Path, image_suffixes: tuple[str, ...], label_name: Callable[[str], str], layout: str
+) -> tuple[list[str], list[Path], list[Path]]:
+    """Ids, images and labels of a split whose images lie in one folder and labels in another, the label of image
+    ``<stem><suffix>`` named ``label_name(stem)`` (ADE20K, CamVid, COCO-Stuff). A missing folder, an empty one
+    or an image without its label is a DatasetError naming the file."""
+    for folder in (images_dir, labels_dir):
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: folder not found; {layout}")
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in image_suffixes and p.is_file())
+    if not images:
+        raise DatasetError(f"{images_dir}: no images ({', '.join(image_suffixes)}); {layout}")
+    labels = [labels_dir / label_name(p.stem) for p in images]
+    missing = [(image, label) for image, label in zip(images, labels, strict=True) if not label.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DatasetError(f"{missing[0][1]}: label file not found for {missing[0][0].name}{more}; {layout}")
+    return [p.stem for p in images], images, labels
+
+
+def scan_by_name(
+    images_dir: Path, labels_dir: Path, image_suffixes: tuple[str, ...], label_name: Callable[[str], str],
+    add: AddProblem,
+) -> list[Sample]:
+    """check-dataset's view of a :func:`pair_by_name` split: every image with its label path (a missing label is
+    then reported as missing_file), missing folders reported, labels without an image warned about."""
+    missing = [folder for folder in (images_dir, labels_dir) if not folder.is_dir()]
+    for folder in missing:
+        add("missing_root", str(folder), "folder not found")
+    if missing:
+        return []
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in image_suffixes and p.is_file())
+    samples = [Sample(p, labels_dir / label_name(p.stem)) for p in images]
+    stems = {p.stem for p in images}
+    for label in sorted(labels_dir.glob("*.png")):
+        if label.stem.removesuffix("_labelTrainIds") not in stems:  # COCO-Stuff keeps both kinds side by side
+            add("unpaired", str(label), f"a label file without its image in {images_dir}", False)
+    return samples
+
+
 class PairedSegmentationDataset:
     """Images and label maps given as parallel path lists; ``dataset[i]`` is ``(image, mask)``.
 
     Without transforms an item is a PIL RGB image and a uint8 HxW label array; with them, whatever the
     transforms return (for :func:`~seglab.data.transforms.build_transforms`: float [3,H,W], int64 [H,W]).
-    A label whose size differs from its image, or with values >= ``num_classes`` other than 255, raises
-    :class:`DatasetError` naming the files.
+    A label whose size differs from its image, or with values >= ``num_classes`` other than 255 (after
+    ``label_map``, the layout's id -> train id mapping, if any), raises :class:`DatasetError` naming the files.
     """
 
     def __init__(
@@ -101,18 +141,23 @@ class PairedSegmentationDataset:
         label_paths: list[Path],
         transforms: Callable[[Any, np.ndarray], Any] | None = None,
         label_set: LabelSet | None = None,
+        label_map: Callable[[Path, np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.ids = ids
         self.image_paths = image_paths
         self.label_paths = label_paths
         self.transforms = transforms
         self.label_set = label_set or get_label_set("voc")
+        self.label_map = label_map
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def load_label(self, path: Path) -> np.ndarray:
-        return read_sbd_label(path) if path.suffix == ".mat" else read_label(path)
+        """The label map of ``path`` as training reads it: the file's values, through ``label_map(path, values)``
+        where the layout stores other ids than the train ids (Cityscapes' labelIds, ADE20K's 0 = other)."""
+        label = read_sbd_label(path) if path.suffix == ".mat" else read_label(path)
+        return label if self.label_map is None else self.label_map(path, label)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image_path, label_path = self.image_paths[index], self.label_paths[index]
@@ -230,4 +275,4 @@ register_dataset(
     summary="PASCAL VOC 2012 (`data.root`: the VOC2012 folder), plus SBD's training labels from `data.sbd_root`",
 )
 
-__all__ = ["VOC", "PairedSegmentationDataset", "VOCSegmentation"]
+__all__ = ["VOC", "PairedSegmentationDataset", "VOCSegmentation", "pair_by_name", "scan_by_name"]
