@@ -42,6 +42,8 @@ class DataConfig:
     batch_size: int = 8
     workers: int = 2
     palette: str = "voc"  # label set name (seglab.data.palettes); left at "voc", the dataset's own is used
+    classes: list[str] = field(default_factory=list)  # class names in index order: a label set of one's own
+    colors: list[list[int]] = field(default_factory=list)  # [R, G, B] per class of data.classes; empty: VOC's map
     # Human parsing (lip, cihp, atr, pascal_person_part, demo_people): "crop" = the scale/crop/flip pipeline above,
     # "person_affine" = SCHP's person-centric affine warp to crop_size (scale, rotation, flip with left/right swap)
     augment: str = "crop"

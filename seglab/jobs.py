@@ -98,7 +98,7 @@ def predict(
     and write what its task writes under ``out`` (:meth:`seglab.tasks.Task.predict_files`); yields a line per
     image. ``label_set`` defaults to the one recorded in the weights, else VOC's."""
     from seglab.checkpoint import read_metadata
-    from seglab.data.palettes import get_label_set
+    from seglab.data.palettes import get_label_set, label_set_from_metadata
     from seglab.models import model_info
     from seglab.pretrained import load_model, model_spec
     from seglab.tasks import task_of
@@ -110,7 +110,7 @@ def predict(
     model = load_model(weights, name=model_name, num_classes=num_classes)
     info = model_info(name)
     task = task_of(info)
-    labels = get_label_set(label_set or meta.get("label_set") or "voc")
+    labels = get_label_set(label_set) if label_set else label_set_from_metadata(meta)
     out = Path(out)
     if task.legend:
         save_legend(out / "legend.png", labels.classes, labels.colors)
@@ -125,12 +125,12 @@ def predict_onnx(onnx: str | Path, inputs: Sequence[str | Path], out: str | Path
     import numpy as np
 
     from seglab.data.io import read_image
-    from seglab.data.palettes import get_label_set
+    from seglab.data.palettes import get_label_set, label_set_from_metadata
     from seglab.export.ort import OnnxPredictor
     from seglab.visualize import save_prediction
 
     predictor = OnnxPredictor(onnx)
-    labels = get_label_set(label_set or predictor.label_set or "voc")
+    labels = get_label_set(label_set) if label_set else label_set_from_metadata(predictor.metadata)
     for path in image_files(inputs):
         image = np.asarray(read_image(path))
         written = save_prediction(out, path.stem, image, predictor(image), labels)

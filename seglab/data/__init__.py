@@ -60,11 +60,12 @@ def _wrong_task(info: DatasetInfo, task: str) -> ConfigError:
 
 
 def label_set_for(cfg: DataConfig) -> LabelSet:
-    """The label set of a data config: ``data.palette``, or the dataset's own when it is left at "voc"."""
-    from seglab.data.datasets import get_dataset
-    from seglab.data.registry import config_label_set
+    """The label set of a data config: ``data.classes``, else ``data.palette``, else (left at "voc") a folder
+    dataset's classes.txt or the dataset's own label set."""
+    import seglab.data.datasets  # noqa: F401 - fills the registry
+    from seglab.data.registry import label_set_of
 
-    return config_label_set(cfg, get_dataset(cfg.dataset).label_set)
+    return label_set_of(cfg)
 
 
 __all__ = ["TASKS", "build_dataset", "label_set_for"]

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.datasets import get_dataset, list_layouts
-from seglab.data.palettes import LabelSet, get_label_set
-from seglab.data.registry import Layout, Problem, Sample, config_label_set
+from seglab.data.palettes import CLASSES_FILE, LabelSet, get_label_set, read_classes_file
+from seglab.data.registry import Layout, Problem, Sample, label_set_of
 from seglab.errors import ConfigError, DatasetError
 
 # Problem kinds found by this module and by seglab.data.io; layouts add their own (Layout.problem_kinds), and the
@@ -175,9 +175,9 @@ def detect_layouts(root: Path) -> list[str]:
     return [layout.name for layout in _detect(root)]
 
 
-def _plan(target: Path, label_set: str | None) -> tuple[Path, list[tuple[Layout, list[str] | None]], str | None]:
-    """(root, [(layout, splits or None to detect)], label set name or None to take the layout's) for a config file
-    or a folder."""
+def _plan(target: Path) -> tuple[Path, list[tuple[Layout, list[str] | None]], LabelSet | None]:
+    """(root, [(layout, splits or None to detect)], the config's label set or None) for a config file or a
+    folder."""
     if target.suffix in _YAML_SUFFIXES and target.is_file():
         from seglab.config import load_config
 
@@ -185,15 +185,14 @@ def _plan(target: Path, label_set: str | None) -> tuple[Path, list[tuple[Layout,
         try:
             info = get_dataset(data.dataset)
             root = info.check_root(data)
-            if label_set is None:
-                label_set = config_label_set(data, info.label_set).name
+            labels = label_set_of(data)
         except ConfigError as exc:
             raise ConfigError(f"{target}: {exc}") from None
         splits = list(dict.fromkeys([data.train_split, data.val_split]))
-        return root, [(layout, splits) for layout in info.layouts], label_set
+        return root, [(layout, splits) for layout in info.layouts], labels
     if target.is_file():
         raise ConfigError(f"{target}: expected a config file ({', '.join(_YAML_SUFFIXES)}) or a dataset folder")
-    return target, [], label_set
+    return target, [], None
 
 
 def check_dataset(
@@ -201,21 +200,28 @@ def check_dataset(
 ) -> DatasetReport:
     """Scan every split and file of the dataset at ``target`` (config YAML or folder) and report all problems.
 
-    ``label_set`` (default: the config's ``data.palette``, else ``voc``) gives the class count that label
+    ``label_set`` (default: the config's label set, else a folder's classes.txt, else the detected layout's)
+    gives the class count that label
     values are checked against and the class names of the statistics.
     """
     if workers < 1:
         raise ConfigError(f"check-dataset: workers must be >= 1, got {workers}")
     target = Path(target)
-    root, plan, set_name = _plan(target, label_set)
+    root, plan, labels = _plan(target)
     if root.is_dir() and not plan:
         plan = [(layout, None) for layout in _detect(root)]
-    if set_name is None:
-        set_name = plan[0][0].label_set if plan else "voc"
-    try:
-        labels: LabelSet = get_label_set(set_name)
-    except KeyError as exc:
-        raise ConfigError(f"{target}: data.palette: {exc.args[0]}") from None
+    if label_set is not None:
+        try:
+            labels = get_label_set(label_set)
+        except KeyError as exc:
+            raise ConfigError(f"{target}: data.palette: {exc.args[0]}") from None
+    elif labels is None and (root / CLASSES_FILE).is_file():
+        try:
+            labels = read_classes_file(root / CLASSES_FILE)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    elif labels is None:
+        labels = get_label_set(plan[0][0].label_set if plan else "voc")
     report = DatasetReport(str(target), label_set=labels.name)
     if not root.is_dir():
         report.add("missing_root", str(root), "dataset root folder not found")

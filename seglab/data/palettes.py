@@ -7,7 +7,11 @@ palette (P-mode) images so that the file holds class indices and its palette hol
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 VOID_COLOR = (224, 224, 192)  # the colour VOC gives index 255 ("void", ignored)
 
@@ -178,6 +182,82 @@ _LABEL_SETS: dict[str, LabelSet] = {
 }
 
 
+CLASSES_FILE = "classes.txt"  # a folder dataset's own class list (what seglab convert-data writes)
+_HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def custom_label_set(
+    classes: Sequence[str], colors: Sequence[Sequence[int]] | None = None, name: str = "custom", where: str = "classes"
+) -> LabelSet:
+    """A label set from class names (index order) and optional ``[R, G, B]`` colours (default: the VOC colour
+    map); ValueError naming ``where`` for an empty or repeated name or a colour that is not three values 0-255."""
+    classes = [str(c) for c in classes]
+    if not classes or any(not c.strip() for c in classes):
+        raise ValueError(f"{where}: expected a list of non-empty class names, got {classes!r}")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise ValueError(f"{where}: class names must differ; repeated: {', '.join(repeated)}")
+    if not colors:
+        return LabelSet(name, tuple(classes), tuple(voc_colormap(len(classes))))
+    if len(colors) != len(classes):
+        raise ValueError(f"{where}: {len(classes)} classes but {len(colors)} colours")
+    rgb = []
+    for i, color in enumerate(colors):
+        values = list(color) if isinstance(color, (list, tuple)) else []
+        if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
+                                       for v in values):
+            raise ValueError(f"{where}: colour {i} ({classes[i]}) must be [R, G, B] with values 0-255, got {color!r}")
+        rgb.append((values[0], values[1], values[2]))
+    return LabelSet(name, tuple(classes), tuple(rgb))
+
+
+def read_classes_file(path: str | Path) -> LabelSet:
+    """The label set of a ``classes.txt``: one class per line in index order, each ``name`` or ``name #rrggbb``
+    (a colour for every class, or for none). ValueError naming the file and line for a malformed one."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the class list ({exc})") from None
+    names, colors = [], []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            raise ValueError(f"{path}: line {number} is empty; expected one class per line, 'name' or 'name #rrggbb'")
+        *head, last = text.split()
+        if head and _HEX_COLOR.fullmatch(last):
+            names.append(" ".join(head))
+            colors.append([int(last[i : i + 2], 16) for i in (1, 3, 5)])
+        else:
+            names.append(text)
+    if colors and len(colors) != len(names):
+        raise ValueError(f"{path}: {len(colors)} of {len(names)} classes have a colour; give every class one, or none")
+    return custom_label_set(names, colors or None, where=str(path))
+
+
+def classes_file_text(labels: LabelSet, with_colors: bool = True) -> str:
+    """``labels`` as the text of a ``classes.txt`` (:func:`read_classes_file` reads it back)."""
+    return "".join(f"{name} #{r:02x}{g:02x}{b:02x}\n" if with_colors else f"{name}\n"
+                   for name, (r, g, b) in zip(labels.classes, labels.colors, strict=True))
+
+
+def label_set_metadata(labels: LabelSet) -> dict[str, Any]:
+    """What a weights file or an export records of ``labels``: its name, and for a label set that is not
+    registered (a config's ``data.classes``, a folder's classes.txt) its classes and colours too."""
+    if _LABEL_SETS.get(labels.name) == labels:
+        return {"label_set": labels.name}
+    return {"label_set": labels.name, "label_set_classes": list(labels.classes),
+            "label_set_colors": [list(c) for c in labels.colors]}
+
+
+def label_set_from_metadata(meta: Mapping[str, Any], default: str = "voc") -> LabelSet:
+    """The label set recorded by :func:`label_set_metadata` (``default`` where none is)."""
+    if meta.get("label_set_classes"):
+        return custom_label_set(meta["label_set_classes"], meta.get("label_set_colors"),
+                                name=str(meta.get("label_set") or "custom"), where="label_set_classes")
+    return get_label_set(meta.get("label_set") or default)
+
+
 def list_label_sets() -> list[str]:
     """Names accepted by :func:`get_label_set` (and by the config key ``data.palette``)."""
     return sorted(_LABEL_SETS)
@@ -193,11 +273,17 @@ def get_label_set(name: str) -> LabelSet:
 
 __all__ = [
     "ATR_FLIP_PAIRS",
+    "CLASSES_FILE",
     "LIP_FLIP_PAIRS",
     "LIP_JOINTS",
     "LIP_JOINT_FLIP_PAIRS",
     "LabelSet",
+    "classes_file_text",
+    "custom_label_set",
     "get_label_set",
+    "label_set_from_metadata",
+    "label_set_metadata",
     "list_label_sets",
+    "read_classes_file",
     "voc_colormap",
 ]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from seglab.config import DataConfig
-from seglab.data.palettes import LabelSet, get_label_set
+from seglab.data.palettes import CLASSES_FILE, LabelSet, custom_label_set, get_label_set, read_classes_file
 from seglab.errors import ConfigError
 from seglab.registry import TASKS
 
@@ -107,6 +107,7 @@ class DatasetInfo:
     layouts: tuple[Layout, ...]
     summary: str
     check_root: Callable[[DataConfig], Path] = config_root
+    classes_file: bool = False  # data.root/classes.txt, where present, is the label set (the folder layout)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -139,6 +140,7 @@ def register_dataset(
     layouts: Iterable[Layout],
     summary: str,
     check_root: Callable[[DataConfig], Path] = config_root,
+    classes_file: bool = False,
 ) -> DatasetInfo:
     """Register the ``data.dataset`` value ``name`` with a builder per task it serves; its layouts must be
     registered first."""
@@ -152,7 +154,7 @@ def register_dataset(
         if _LAYOUTS.get(layout.name) is not layout:
             raise ValueError(f"dataset {name!r}: layout {layout.name!r} is not registered")
     get_label_set(label_set)
-    info = DatasetInfo(name, dict(builders), label_set, layouts, summary, check_root)
+    info = DatasetInfo(name, dict(builders), label_set, layouts, summary, check_root, classes_file)
     _DATASETS[name] = info
     return info
 
@@ -182,13 +184,37 @@ def list_layouts() -> list[Layout]:
 # -- helpers for the dataset files ----------------------------------------------------------------------------
 
 
-def config_label_set(cfg: DataConfig, default: str) -> LabelSet:
-    """The label set named by ``data.palette``, or ``default`` (the dataset's) when it is left at "voc"."""
+def config_label_set(cfg: DataConfig, default: str, classes_file: Path | None = None) -> LabelSet:
+    """The label set of a data config: ``data.classes`` (with ``data.colors``) where given; else the one named by
+    ``data.palette``; left at "voc", ``classes_file`` where it exists (a folder's classes.txt), else ``default``
+    (the dataset's)."""
+    if cfg.colors and not cfg.classes:
+        raise ConfigError("data.colors: given without data.classes; list the class names too")
+    if cfg.classes:
+        if cfg.palette != "voc":
+            raise ConfigError(f"data.classes and data.palette ({cfg.palette!r}) both define the label set; keep one")
+        try:
+            return custom_label_set(cfg.classes, cfg.colors or None, where="data.classes / data.colors")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if cfg.palette == "voc" and classes_file is not None and classes_file.is_file():
+        try:
+            return read_classes_file(classes_file)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     name = cfg.palette if cfg.palette != "voc" else default
     try:
         return get_label_set(name)
     except KeyError as exc:
         raise ConfigError(f"data.palette: {exc.args[0]}") from None
+
+
+def label_set_of(cfg: DataConfig) -> LabelSet:
+    """The label set a data config trains with: :func:`config_label_set` with its dataset's own label set, and
+    ``data.root/classes.txt`` for datasets that read one."""
+    info = get_dataset(cfg.dataset)
+    classes_file = Path(cfg.root) / CLASSES_FILE if info.classes_file and cfg.root else None
+    return config_label_set(cfg, info.label_set, classes_file)
 
 
 def report_unpaired(folders: Mapping[Path, tuple[str, ...]], listed: set[str], add: AddProblem) -> None:
@@ -248,8 +274,10 @@ __all__ = [
     "config_root",
     "datasets_markdown",
     "get_dataset",
+    "label_set_of",
     "list_datasets",
     "list_layouts",
+    "lookup_table",
     "register_dataset",
     "register_layout",
     "report_unpaired",

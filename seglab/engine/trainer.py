@@ -57,6 +57,7 @@ from seglab.checkpoint import (
     save_weights,
 )
 from seglab.config import Config, save_config
+from seglab.data.palettes import label_set_metadata
 from seglab.engine import distributed as dist_utils
 from seglab.engine.precision import autocast, resolve_precision
 from seglab.errors import ConfigError, Preempted, TrainingError
@@ -281,7 +282,7 @@ class Trainer:
             "model": self.cfg.model.name,
             "num_classes": self.cfg.model.num_classes,
             "model_kwargs": self.cfg.model.kwargs,
-            "label_set": self.cfg.data.palette,
+            **label_set_metadata(self.label_set),
             "iteration": self.iteration,
         }
         return {**meta, **self.task.weights_metadata(self.train_set)}

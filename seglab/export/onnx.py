@@ -277,6 +277,7 @@ def export_weights(
     stores in its weights files; ``model_name`` overrides the name. What the CLI's ``seglab export`` runs.
     """
     from seglab.checkpoint import read_metadata
+    from seglab.data.palettes import label_set_metadata
     from seglab.pretrained import load_model, model_spec
 
     meta = read_metadata(weights)
@@ -286,10 +287,13 @@ def export_weights(
         from seglab.data import label_set_for
 
         cfg = load_config(config)
-    label_set = label_set_for(cfg.data).name if cfg is not None else meta.get("label_set")
+    if cfg is not None:
+        labels = label_set_metadata(label_set_for(cfg.data))
+    else:
+        labels = {k: meta[k] for k in ("label_set", "label_set_classes", "label_set_colors") if k in meta}
     name, kwargs = model_spec(weights, name=model_name, config=cfg)
     model = load_model(weights, name=model_name, config=cfg)
-    extra = {"model": name, "label_set": label_set, "model_kwargs": kwargs}
+    extra = {"model": name, "label_set": None, **labels, "model_kwargs": kwargs}
     if meta.get("classes"):
         extra["classes"] = meta["classes"]
     return export_onnx(model, path, input_size=input_size, opset=opset, metadata=extra)

@@ -16,13 +16,13 @@ import numpy as np
 
 from seglab.config import DataConfig
 from seglab.data.datasets.voc import PairedSegmentationDataset, check_files_exist, read_id_list
-from seglab.data.palettes import LabelSet
+from seglab.data.palettes import CLASSES_FILE, LabelSet
 from seglab.data.registry import (
     AddProblem,
     Layout,
     Sample,
-    config_label_set,
     config_root,
+    label_set_of,
     register_dataset,
     register_layout,
 )
@@ -34,6 +34,7 @@ TREE = """
 root/
   images/<stem>.{jpg,jpeg,png,bmp,tif,tiff}
   masks/<stem>.png       palette (P) or grayscale (L) PNG of class indices, 255 = ignore
+  classes.txt            optional: one class per line in index order, "name" or "name #rrggbb"
   (a split: root/<split>/images/ and root/<split>/masks/, or root/<split>.txt listing stems)
 """
 
@@ -122,7 +123,7 @@ def _pairs(root: Path, add: AddProblem) -> dict[str, Sample]:
 def _scan_splits(root: Path, splits: list[str] | None, add: AddProblem) -> dict[str, list[Sample]]:
     if splits is None:  # detected: root/images, root/<split>/images, root/<split>.txt
         splits = [p.name for p in sorted(root.iterdir()) if (p / "images").is_dir()]
-        splits += [p.stem for p in sorted(root.glob("*.txt"))]
+        splits += [p.stem for p in sorted(root.glob("*.txt")) if p.name != CLASSES_FILE]  # split lists
         if (root / "images").is_dir() and not splits:
             splits = [""]
     found: dict[str, list[Sample]] = {}
@@ -157,9 +158,10 @@ FOLDER = register_layout(Layout("folder", TREE, "voc", _detect, _scan_splits, ge
 def _build(cfg: DataConfig, split: str, train: bool) -> FolderSegmentation:
     from seglab.data.transforms import build_transforms
 
-    labels = config_label_set(cfg, "voc")
+    root = config_root(cfg)
+    labels = label_set_of(cfg)
     transforms = build_transforms(cfg, train)
-    return FolderSegmentation(config_root(cfg), split, transforms, label_set=labels)
+    return FolderSegmentation(root, split, transforms, label_set=labels)
 
 
 register_dataset(
@@ -167,7 +169,9 @@ register_dataset(
     builders={"semantic": _build},
     label_set="voc",
     layouts=(FOLDER,),
-    summary="one's own images and masks paired by stem; set `data.palette` to a label set with its classes",
+    summary="one's own images and masks paired by stem; the classes from `data.classes`, `data.palette` or "
+            "`root/classes.txt`",
+    classes_file=True,
 )
 
 __all__ = ["FOLDER", "FolderSegmentation"]
