@@ -47,11 +47,28 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _cmd_configs(args) -> int:
+    from seglab.recipes import list_recipes
+
+    recipes = list_recipes(dataset=args.dataset, model=args.model)
+    if not recipes:
+        print("no packaged config matches")
+        return 1
+    width = max(len(r.name) for r in recipes)
+    model_width = max(len(r.model) for r in recipes)
+    for r in recipes:
+        print(f"{r.name:<{width}}  {r.model:<{model_width}}  {r.dataset:<18}  {r.family}/{r.path.name}")
+    print(f"\n{len(recipes)} configs; train one by name: seglab train {recipes[0].name} data.root=... "
+          "(docs/recipes.md: sources and expected mIoU)")
+    return 0
+
+
 def _cmd_train(args) -> int:
     from seglab.config import load_config
     from seglab.jobs import train
+    from seglab.recipes import resolve_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(resolve_config(args.config), args.overrides)
     trainer, metrics = train(cfg, resume=args.resume, progress=True)
     if trainer.is_main:
         print(trainer.task.summary(metrics, trainer.label_set))
@@ -62,10 +79,20 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from seglab.config import load_config
     from seglab.data import label_set_for
-    from seglab.jobs import evaluate_weights
+    from seglab.jobs import evaluate_predictions, evaluate_weights
+    from seglab.recipes import resolve_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(resolve_config(args.config), args.overrides)
     label_set = label_set_for(cfg.data)
+    if args.pred_dir:
+        if args.mode or args.tta or args.results_dir:
+            raise SystemExit("seglab eval: --pred-dir scores label maps already written; --mode, --tta and "
+                             "--results-dir apply to --weights")
+        task, metrics = evaluate_predictions(cfg, args.pred_dir, allow_extra=args.allow_extra, progress=True)
+        _print_metrics(task, metrics, label_set, args.out)
+        return 0
+    if args.allow_extra:
+        raise SystemExit("seglab eval: --allow-extra applies to --pred-dir")
     options = _inference_options(args, cfg.eval, label_set.flip_pairs) if (args.mode or args.tta) else None
     task, metrics = evaluate_weights(cfg, args.weights, options=options, results_dir=args.results_dir, progress=True)
     _print_metrics(task, metrics, label_set, args.out)
@@ -92,7 +119,7 @@ def _cmd_predict(args) -> int:
             raise SystemExit("seglab predict: pass --weights W (a torch model) or --onnx MODEL.onnx")
         settings = PredictSettings(options=_inference_options(args), mc_samples=args.mc_samples,
                                    precision=args.precision, backend=args.backend, compile=args.compile,
-                                   score_threshold=args.score_threshold)
+                                   score_threshold=args.score_threshold, format=args.format)
         lines = predict(args.weights, args.inputs, args.out, settings, model_name=args.model,
                         num_classes=args.num_classes, label_set=args.label_set)
     try:
@@ -143,6 +170,16 @@ def _cmd_check_dataset(args) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_convert_data(args) -> int:
+    from seglab.data.annotations import convert
+
+    names = ("images", "labels", "palette", "classes", "crowd", "boxes")
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    result = convert(args.format, args.src, args.dst, overwrite=args.overwrite, **options)
+    print(result.summary())
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from seglab.demos import run
 
@@ -167,9 +204,10 @@ def _cmd_pseudo_label(args) -> int:
     from seglab.data import label_set_for
     from seglab.methods.naive_student import PAPER_SCALES, pseudo_label
     from seglab.pretrained import load_model
+    from seglab.recipes import resolve_config
     from seglab.utils import resolve_device
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(resolve_config(args.config), args.overrides)
     label_set = label_set_for(cfg.data)
     options = _inference_options(args, cfg.eval, label_set.flip_pairs)
     if not args.tta:  # the paper's TTA
@@ -185,8 +223,9 @@ def _cmd_pseudo_label(args) -> int:
 def _cmd_naive_student(args) -> int:
     from seglab.config import load_config
     from seglab.methods.naive_student import naive_student
+    from seglab.recipes import resolve_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(resolve_config(args.config), args.overrides)
     work_dir = Path(args.work_dir) if args.work_dir else Path(cfg.output_dir) / f"{cfg.name}_naive_student"
     results = naive_student(cfg, unlabelled=Path(args.unlabelled), rounds=args.rounds, work_dir=work_dir,
                             teacher_weights=args.teacher_weights, threshold=args.threshold, progress=True)
@@ -199,8 +238,16 @@ def _cmd_naive_student(args) -> int:
 # -- the parser, one function per command -------------------------------------------------------------------
 
 
+def _configs_parser(sub) -> None:
+    p = sub.add_parser("configs", help="list the training configs that ship with seglab (the papers' recipes)")
+    p.add_argument("--dataset", help="only those for this data.dataset, e.g. cityscapes")
+    p.add_argument("--model", help="only those for this model, e.g. bisenetv2")
+    p.set_defaults(func=_cmd_configs)
+
+
 def _add_config(p, *, optional: bool = False) -> None:
-    p.add_argument("config", nargs="?" if optional else None, help="config YAML")
+    p.add_argument("config", nargs="?" if optional else None,
+                   help="config YAML, or a packaged config's name (seglab configs lists them)")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
 
 
@@ -210,9 +257,15 @@ def _train_eval_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last_state.pt")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate weights on the config's val split")
+    p = sub.add_parser("eval", help="evaluate weights, or another tool's label maps, on the config's val split")
     _add_config(p)
-    p.add_argument("--weights", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="weights file of the config's model")
+    source.add_argument("--pred-dir", metavar="DIR",
+                        help="score label PNGs instead, one per val sample: DIR/<id>.png (or the label's or image's "
+                             "file name), class indices as seglab predict writes them; no model is run")
+    p.add_argument("--allow-extra", action="store_true",
+                   help="--pred-dir: warn about PNGs that match no sample instead of stopping")
     p.add_argument("--mode", choices=["whole", "slide", "affine"],
                    help="override eval.mode: whole, slide or affine (SCHP's procedure at eval.crop_size)")
     p.add_argument("--tta", help="e.g. flip,scales=0.75,1,1.25")
@@ -249,6 +302,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch backend: also torch.compile the model (needs a C++ compiler; each new image size "
                         "compiles first, so it pays off for many images of one size)")
+    p.add_argument("--format", choices=["seglab", "cityscapes"], default="seglab",
+                   help="seglab: <stem>.png, overlay and legend; cityscapes: only <name>_labelIds.png, the train ids "
+                        "mapped back to Cityscapes' label ids, as cityscapesScripts' evaluation reads them")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -311,6 +367,28 @@ def _data_parsers(sub) -> None:
     p.set_defaults(func=_cmd_plot)
 
 
+def _convert_data_parsers(sub) -> None:
+    p = sub.add_parser("convert-data", help="turn an annotation tool's export into seglab's folder layout "
+                                            "(images/, masks/, classes.txt)")
+    p.add_argument("format", metavar="FORMAT",
+                   choices=["coco", "yolo", "label-studio", "cvat-mask", "cvat-coco", "color-png"],
+                   help="coco (instances JSON), yolo (Ultralytics YOLO-seg folder), label-studio (JSON export), "
+                        "cvat-mask (Segmentation mask 1.1 folder), cvat-coco (COCO 1.0 folder), color-png "
+                        "(images/ and colour-coded labels/ with --palette)")
+    p.add_argument("src", metavar="SRC", help="the export: a JSON file (coco, label-studio) or a folder")
+    p.add_argument("dst", metavar="DST", help="output folder (empty, or --overwrite)")
+    p.add_argument("--images", help="folder of the images (default: where the format keeps them)")
+    p.add_argument("--labels", help="color-png: folder of the label PNGs (default: SRC/labels, else SRC/masks)")
+    p.add_argument("--palette", help="color-png: file of 'name #rrggbb' lines (line k = index k) or a label set name")
+    p.add_argument("--classes", help="yolo, label-studio: class names file (or Label Studio's labelling config XML)")
+    p.add_argument("--crowd", choices=["ignore", "class"],
+                   help="coco, cvat-coco: iscrowd regions as 255 or as their class (default: ignore; cvat-coco class)")
+    p.add_argument("--boxes", choices=["error", "mask"],
+                   help="coco, cvat-coco: box-only annotations refused or painted (default: error; cvat-coco mask)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty DST, replacing its files")
+    p.set_defaults(func=_cmd_convert_data)
+
+
 def _naive_student_parsers(sub) -> None:
     p = sub.add_parser("pseudo-label", help="Naive-Student: label unlabelled images with a teacher (TTA, threshold)")
     _add_config(p)
@@ -339,10 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list registered models with parameter counts")
     p.add_argument("--task", choices=["semantic", "instance", "parsing"])
     p.set_defaults(func=_cmd_models)
+    _configs_parser(sub)
     _train_eval_parsers(sub)
     _predict_parser(sub)
     _export_convert_parsers(sub)
     _data_parsers(sub)
+    _convert_data_parsers(sub)
     _naive_student_parsers(sub)
     return parser
 

@@ -83,7 +83,13 @@ class TrainConfig:
     # FRRN's bootstrapped CE: 0 = plain CE; >= 1 = the K hardest pixels per image; in (0, 1) = that fraction
     bootstrap_top_k: float = 0.0
     # none | median_frequency (SegNet's weights from the training labels, used when class_weights is empty)
+    # | enet (ENet's 1 / ln(1.02 + p_c), p_c the class's share of the training labels' pixels)
     class_weighting: str = "none"
+    # BiSeNet's OHEM cross-entropy (seglab.losses.OhemCrossEntropy): 0 = off; in (0, 1) = the probability of
+    # the true class below which a pixel is hard; only the hard pixels are averaged, but at least
+    # ohem_min_kept of them (>= 1: a pixel count per batch; in (0, 1): that fraction of the labelled pixels)
+    ohem_thresh: float = 0.0
+    ohem_min_kept: float = 0.0
     amp: bool = False  # deprecated alias of precision: bf16
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + GradScaler, GPU only)
     accumulate_steps: int = 1  # micro-batches of data.batch_size per optimiser step
@@ -109,6 +115,28 @@ class EvalConfig:
     # classes absent from ground truth and prediction: "nan" leaves them out of the mean (most toolkits),
     # "zero" counts them as IoU 0 (SCHP's LIP rule: the mean is over all classes)
     absent: str = "nan"
+    # what is reported besides aAcc, mAcc, mIoU and fwIoU (always there): any of EVAL_METRICS
+    metrics: list[str] = field(default_factory=lambda: ["miou"])
+
+    def __post_init__(self) -> None:
+        check_eval_metrics(self.metrics)
+
+
+# the names eval.metrics accepts: mIoU (with aAcc, mAcc, fwIoU), mDice, mFscore (with mPrecision and mRecall) as
+# mmsegmentation's IoUMetric computes them, and Boundary IoU (seglab.engine.evaluator, seglab.engine.boundary)
+EVAL_METRICS = ("miou", "dice", "fscore", "boundary_iou")
+
+
+def check_eval_metrics(names: Any, key: str = "eval.metrics") -> tuple[str, ...]:
+    """``names`` checked against :data:`EVAL_METRICS`, in that order, each once ("miou" is always among them);
+    an unknown name is a ConfigError naming ``key`` and the accepted names."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{key}: expected a list of metric names from {', '.join(EVAL_METRICS)}, got {names!r}")
+    unknown = [n for n in names if n not in EVAL_METRICS]
+    if unknown:
+        raise ConfigError(f"{key}: unknown metric {', '.join(map(repr, unknown))}; expected names from: "
+                          f"{', '.join(EVAL_METRICS)}")
+    return tuple(n for n in EVAL_METRICS if n == "miou" or n in names)
 
 
 @dataclass

@@ -6,11 +6,12 @@ model kind comes from the model's task (:mod:`seglab.tasks`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from seglab.errors import ConfigError
+from seglab.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
     from seglab.config import Config
@@ -18,7 +19,11 @@ if TYPE_CHECKING:
     from seglab.engine.trainer import Trainer
     from seglab.tasks import PredictSettings, Task
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# what seglab predict writes beside each label map <stem>.png (and legend.png): not predictions of their own
+PREDICT_COMPANIONS = ("_overlay", "_legend", "_uncertainty")
 
 
 def build_trainer(cfg: Config, *, resume: bool = False, progress: bool = False, **objects: Any) -> Trainer:
@@ -73,6 +78,86 @@ def evaluate_weights(
     results = Path(results_dir) if results_dir else cfg.run_dir / "coco_results"
     return task, task.evaluate(model, dataset, cfg, label_set, device=device, options=options, progress=progress,
                                results_dir=results)
+
+
+def evaluate_predictions(
+    cfg: Config, pred_dir: str | Path, *, allow_extra: bool = False, progress: bool = False
+) -> tuple[Task, Any]:
+    """The metrics of label maps written by any tool, one per sample of the config's val split in ``pred_dir``
+    (:func:`match_predictions`), scored as :func:`evaluate_weights` scores a model: the same metrics
+    (``eval.metrics``), absent-class rule (``eval.absent``) and summary; returns the task and the metrics.
+
+    No model is built: ``model.name`` only picks the task (semantic or parsing; detection models are refused)
+    and ``model.num_classes`` must match the label set. Each prediction is an index PNG of the train ids
+    (the model's classes, as seglab predict writes them), of its ground truth's size; see
+    :func:`seglab.engine.evaluator.evaluate_label_files` for the checks.
+    """
+    from seglab.data import label_set_for
+    from seglab.engine.evaluator import evaluate_label_files
+    from seglab.tasks import task_of
+
+    task = task_of(cfg.model.name)
+    if task.detection:
+        raise ConfigError(f"model.name: {cfg.model.name!r} is a {task.name} model; scoring a folder of label maps "
+                          "(--pred-dir) serves semantic and parsing models")
+    label_set = label_set_for(cfg.data)
+    task.check_classes(cfg, label_set)
+    dataset = task.build_dataset(cfg.data, cfg.data.val_split, train=False)
+    if not all(hasattr(dataset, name) for name in ("ids", "image_paths", "label_paths", "load_label")):
+        raise ConfigError(f"data.dataset: {cfg.data.dataset!r} gives no label maps to score predictions against")
+    predictions = match_predictions(dataset, pred_dir, allow_extra=allow_extra)
+    metrics = evaluate_label_files(
+        list(zip(dataset.label_paths, predictions, strict=True)), num_classes=cfg.model.num_classes,
+        read_ground_truth=dataset.load_label, absent=cfg.eval.absent, metrics=cfg.eval.metrics, progress=progress,
+    )
+    return task, metrics
+
+
+def match_predictions(dataset: Any, pred_dir: str | Path, *, allow_extra: bool = False) -> list[Path]:
+    """The prediction file of each sample of ``dataset`` (``ids``, ``label_paths``, ``image_paths``) in
+    ``pred_dir``: ``<id>.png``, else ``<label file stem>.png``, else ``<image file stem>.png``, the first that
+    exists (the suffix in any case; files whose name starts with "." are skipped).
+
+    Raises :class:`~seglab.errors.DatasetError` when samples have no prediction (naming the first few and the
+    count), when one file would serve two samples, and when PNG files in ``pred_dir`` match no sample; with
+    ``allow_extra`` those are logged as a warning instead. What seglab predict writes beside each label map
+    (``<stem>_overlay.png``, ``<stem>_legend.png``, ``<stem>_uncertainty.png``, ``legend.png``) is not extra.
+    """
+    folder = Path(pred_dir)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: prediction folder not found")
+    files = {p.stem: p for p in sorted(folder.iterdir())
+             if p.suffix.lower() == ".png" and not p.name.startswith(".") and p.is_file()}
+    matched: list[Path] = []
+    missing: list[str] = []
+    owner: dict[Path, str] = {}
+    for sample_id, label, image in zip(dataset.ids, dataset.label_paths, dataset.image_paths, strict=True):
+        stem = next((s for s in (str(sample_id), Path(label).stem, Path(image).stem) if s in files), None)
+        if stem is None:
+            missing.append(str(sample_id))
+            continue
+        path = files[stem]
+        if path in owner:
+            raise DatasetError(f"{path}: the prediction of two samples, {owner[path]!r} and {sample_id!r}; name "
+                               "each prediction <id>.png")
+        owner[path] = str(sample_id)
+        matched.append(path)
+    if missing:
+        raise DatasetError(
+            f"{folder}: no prediction for {len(missing)} of the {len(dataset.ids)} samples, e.g. "
+            f"{', '.join(missing[:5])}; expected <id>.png per sample (or the label's or image's file name with "
+            f".png), e.g. {folder / (missing[0] + '.png')}"
+        )
+    used = {p.stem for p in matched}
+    companions = {f"{stem}{tag}" for stem in used for tag in PREDICT_COMPANIONS} | {"legend"}
+    extra = [p.name for stem, p in files.items() if stem not in used and stem not in companions]
+    if extra:
+        message = (f"{folder}: {len(extra)} PNG files match no sample of the split, e.g. {', '.join(extra[:5])}")
+        if not allow_extra:
+            raise DatasetError(f"{message}; a prediction folder of another split? Pass --allow-extra "
+                               "(allow_extra=True) to score the matched files anyway")
+        log.warning("%s; scoring the %d matched files", message, len(matched))
+    return matched
 
 
 def image_files(inputs: Sequence[str | Path]) -> list[Path]:
@@ -137,4 +222,15 @@ def predict_onnx(onnx: str | Path, inputs: Sequence[str | Path], out: str | Path
         yield f"{path} -> {written[0]}"
 
 
-__all__ = ["IMAGE_SUFFIXES", "build_trainer", "evaluate_weights", "image_files", "predict", "predict_onnx", "train"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PREDICT_COMPANIONS",
+    "build_trainer",
+    "evaluate_predictions",
+    "evaluate_weights",
+    "image_files",
+    "match_predictions",
+    "predict",
+    "predict_onnx",
+    "train",
+]

@@ -12,7 +12,10 @@ batch whose pixels are all ignored gives a loss of exactly 0 that still has a gr
 ``F.cross_entropy(reduction="mean")`` gives NaN and would stop the run.
 
 :func:`median_frequency_weights` gives the class weights of SegNet (Badrinarayanan et al., TPAMI
-2017, arXiv:1511.00561), after Eigen & Fergus (ICCV 2015): ``weight_c = median(freq) / freq_c``.
+2017, arXiv:1511.00561), after Eigen & Fergus (ICCV 2015): ``weight_c = median(freq) / freq_c``;
+:func:`enet_weights` those of ENet (Paszke et al., arXiv:1606.02147): ``weight_c = 1 / ln(c + p_c)``.
+:class:`OhemCrossEntropy` is the online-hard-example-mining cross-entropy BiSeNet's reference code
+trains with (a probability threshold and a minimum kept count).
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ class SegmentationLoss(nn.Module):
         class_weights: Tensor | Sequence[float] | None = None,
         ignore_index: int = 255,
         bootstrap_top_k: float | int | None = None,
+        ohem: tuple[float, float | int] | None = None,
     ) -> None:
         super().__init__()
+        if bootstrap_top_k is not None and ohem is not None:
+            raise ValueError("bootstrap_top_k and ohem select hard pixels two ways; give one of them")
         self.aux_weights = tuple(float(w) for w in aux_weights)
         self.ignore_index = int(ignore_index)
         weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
@@ -51,14 +57,18 @@ class SegmentationLoss(nn.Module):
         self.bootstrap = (
             None if bootstrap_top_k is None else BootstrappedCrossEntropy(bootstrap_top_k, ignore_index, weights)
         )
+        # BiSeNet's OHEM: ``ohem = (thresh, min_kept)``, applied to the main and every auxiliary output
+        self.ohem = None if ohem is None else OhemCrossEntropy(*ohem, ignore_index=ignore_index, class_weights=weights)
 
     def cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean cross-entropy of ``logits [B, K, h, w]`` against ``target [B, H, W]`` (resized to it);
-        bootstrapped (top-K) when the loss was built with ``bootstrap_top_k``."""
+        bootstrapped (top-K) when the loss was built with ``bootstrap_top_k``, over the hard pixels with ``ohem``."""
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         if self.bootstrap is not None:
             return self.bootstrap(logits, target)
+        if self.ohem is not None:
+            return self.ohem(logits, target)
         logits = logits.float()
         weight = self.class_weights
         if weight is not None and weight.numel() != logits.shape[1]:
@@ -160,6 +170,86 @@ class BootstrappedCrossEntropy(nn.Module):
             total = total + losses.topk(self._k(losses.numel())).values.mean()
             images += 1
         return total / max(images, 1)
+
+
+class OhemCrossEntropy(nn.Module):
+    """Online hard example mining cross-entropy, as BiSeNet's reference code trains (CoinCheung/BiSeNet,
+    ``lib/ohem_ce_loss.py``: ``OhemCELoss(thresh=0.7)``, at least 1/16 of the labelled pixels kept).
+
+    Over the whole batch, the per-pixel cross-entropy of the labelled pixels is averaged over the hard ones:
+    those whose loss exceeds ``-ln(thresh)``, i.e. whose predicted probability of the true class is below
+    ``thresh``. When fewer than ``min_kept`` pixels are that hard, the ``min_kept`` largest losses are averaged
+    instead. With ``class_weights`` the pixels are chosen the same way and their losses averaged with their
+    class's weight (as ``F.cross_entropy`` weights a mean); the reference has no class weights.
+
+    ``min_kept`` is a pixel count (an ``int``) or a fraction of the batch's labelled pixels (a ``float`` in
+    (0, 1), rounded down: 0.0625 is the reference's ``n_labelled // 16``); 0 keeps only the hard pixels. Pixels
+    labelled ``ignore_index`` never count; no hard pixel and nothing to keep gives exactly 0 with a gradient
+    (the reference gives NaN, the mean of nothing).
+    Logits smaller than the target are upsampled bilinearly, as in :class:`SegmentationLoss`.
+    """
+
+    def __init__(
+        self,
+        thresh: float,
+        min_kept: float | int = 0,
+        ignore_index: int = 255,
+        class_weights: Tensor | Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not 0.0 < thresh < 1.0:
+            raise ValueError(f"thresh must be a probability in (0, 1), got {thresh!r}")
+        if isinstance(min_kept, bool) or not isinstance(min_kept, (int, float)) or min_kept < 0:
+            raise ValueError(f"min_kept must be a pixel count or a fraction, got {min_kept!r}")
+        if isinstance(min_kept, float) and min_kept >= 1.0:
+            raise ValueError(f"min_kept as a fraction must be in [0, 1), got {min_kept}; give a count as an int")
+        self.thresh = float(thresh)
+        self.loss_thresh = -math.log(self.thresh)
+        self.min_kept = min_kept
+        self.ignore_index = int(ignore_index)
+        weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights)
+
+    def _min_kept(self, valid: int) -> int:
+        if isinstance(self.min_kept, float):
+            return math.floor(self.min_kept * valid)
+        return min(valid, int(self.min_kept))
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if target.ndim != 3:
+            raise ValueError(f"target must be [B, H, W] class indices, got shape {tuple(target.shape)}")
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        target = target.long()
+        pixel_loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="none")
+        valid = target != self.ignore_index
+        losses = pixel_loss[valid]
+        kept = self._min_kept(losses.numel())
+        hard = losses > self.loss_thresh
+        if int(hard.sum()) < kept:  # the kept largest losses instead
+            hard = torch.zeros_like(hard)
+            hard[losses.topk(kept).indices] = True
+        if not bool(hard.any()):
+            return pixel_loss.sum() * 0.0
+        if self.class_weights is None:
+            return losses[hard].mean()
+        weights = self.class_weights[target[valid]]  # hard pixels chosen by probability, then weighted
+        return (losses[hard] * weights[hard]).sum() / weights[hard].sum().clamp_min(torch.finfo(losses.dtype).tiny)
+
+
+def enet_weights(counts: Sequence[int] | Tensor, c: float = 1.02) -> Tensor:
+    """ENet's class weights (Paszke et al., arXiv:1606.02147, as davidtvs/PyTorch-ENet's ``enet_weighing``):
+    ``weight_c = 1 / ln(c + p_c)`` with ``p_c = counts[c] / counts.sum()``, the class's share of the pixels.
+
+    With ``c = 1.02`` the weights lie between ``1 / ln(2.02) = 1.42`` (a class covering every pixel) and
+    ``1 / ln(1.02) = 50.5`` (an absent class).
+    """
+    counts_t = torch.as_tensor(counts, dtype=torch.float64)
+    if counts_t.ndim != 1 or bool((counts_t < 0).any()) or float(counts_t.sum()) <= 0:
+        raise ValueError(f"counts must be non-negative per-class pixel counts, not all 0, got {counts_t.tolist()}")
+    if c <= 1.0:
+        raise ValueError(f"c must exceed 1 (ln(c) > 0 keeps every weight finite), got {c}")
+    return (1.0 / torch.log(c + counts_t / counts_t.sum())).float()
 
 
 def median_frequency_weights(
@@ -498,11 +588,13 @@ __all__ = [
     "BootstrappedCrossEntropy",
     "CE2PLoss",
     "LovaszSoftmaxLoss",
+    "OhemCrossEntropy",
     "SegmentationLoss",
     "class_pixel_counts",
     "consistency_loss",
     "edge_loss",
     "edge_targets",
+    "enet_weights",
     "lovasz_softmax",
     "median_frequency_weights",
     "soft_target_kl",

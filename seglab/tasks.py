@@ -48,7 +48,7 @@ LOSSES = {
     "ss_jppnet": "seglab.models.parsing.pose:SSJPPNetLoss",
     "pgn": "seglab.models.parsing.pgn:PGNLoss",
 }
-CLASS_WEIGHTINGS = ("none", "median_frequency")
+CLASS_WEIGHTINGS = ("none", "median_frequency", "enet")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class PredictSettings:
     backend: str = "torch"
     compile: bool = False
     score_threshold: float = 0.5
+    format: str = "seglab"  # seglab (label map, overlay, legend) | cityscapes (label ids, for cityscapesScripts)
 
 
 class Task:
@@ -107,7 +108,7 @@ class Task:
             from seglab.losses import SegmentationLoss
 
             return SegmentationLoss(aux_weights=cfg.train.aux_weights, class_weights=_class_weights(cfg, train_set),
-                                    bootstrap_top_k=_top_k(cfg.train.bootstrap_top_k))
+                                    bootstrap_top_k=_top_k(cfg.train.bootstrap_top_k), ohem=_ohem(cfg))
         if name not in LOSSES:
             raise ConfigError(f"train.loss: unknown loss {name!r}; expected one of: ce, {', '.join(LOSSES)}")
         module, cls = LOSSES[name].split(":")
@@ -157,7 +158,7 @@ class Task:
         options = options or InferenceOptions.from_config(e, label_set.flip_pairs)
         return evaluate_confusion(
             model, shard_batches(dataset, e.batch_size), options, num_classes=cfg.model.num_classes, device=device,
-            batch_size=e.batch_size, progress=progress,
+            batch_size=e.batch_size, progress=progress, metrics=e.metrics,
         ).all_reduce().compute(absent=e.absent)
 
     def score(self, metrics: Any) -> tuple[str, float]:
@@ -188,12 +189,22 @@ class Task:
 
         Semantic maps: ``<stem>.png`` (label indices with the label set's palette), ``<stem>_overlay.png`` and
         ``<stem>_legend.png`` (:func:`seglab.visualize.save_prediction`); with Monte Carlo dropout also
-        ``<stem>_entropy.npy``, ``<stem>_variance.npy`` and ``<stem>_uncertainty.png``.
+        ``<stem>_entropy.npy``, ``<stem>_variance.npy`` and ``<stem>_uncertainty.png``. ``settings.format``
+        "cityscapes" writes only ``<name>_labelIds.png`` (:func:`seglab.data.datasets.cityscapes.write_label_ids`).
         """
         from seglab.data.io import read_image
         from seglab.engine.inference import InferenceOptions, Predictor
         from seglab.visualize import save_prediction, save_uncertainty
 
+        if settings.format not in ("seglab", "cityscapes"):
+            raise ConfigError(f"predict: unknown format {settings.format!r}; expected seglab or cityscapes")
+        if settings.format == "cityscapes":
+            from seglab.data.datasets.cityscapes import write_label_ids
+
+            if label_set.num_classes != 19 or settings.mc_samples:
+                raise ConfigError(f"predict: --format cityscapes writes the 19 Cityscapes train ids as label ids, "
+                                  f"nothing else; the model has {label_set.num_classes} classes"
+                                  f"{' and --mc-samples is set' if settings.mc_samples else ''}")
         options = settings.options or InferenceOptions()
         predictor = Predictor(model, options.replace(flip_pairs=options.flip_pairs or label_set.flip_pairs),
                               mc_samples=settings.mc_samples, precision=settings.precision, backend=settings.backend,
@@ -206,7 +217,10 @@ class Task:
                 save_uncertainty(out, path.stem, result["entropy"], result["variance"], result["mean"].shape[0])
             else:
                 label = predictor(image)
-            written = save_prediction(out, path.stem, image, label, label_set)
+            if settings.format == "cityscapes":
+                written = [write_label_ids(out, path, label)]
+            else:
+                written = save_prediction(out, path.stem, image, label, label_set)
             yield f"{path} -> {written[0]}"
 
 
@@ -390,8 +404,11 @@ def _class_weights(cfg: Config, train_set: Any) -> torch.Tensor | None:
         return torch.tensor(cfg.train.class_weights)
     if scheme == "none":
         return None
-    weights = median_frequency_class_weights(train_set, cfg.model.num_classes)
-    log.info("median frequency class weights: %s", [round(float(w), 4) for w in weights])
+    if scheme == "enet":
+        weights = enet_class_weights(train_set, cfg.model.num_classes)
+    else:
+        weights = median_frequency_class_weights(train_set, cfg.model.num_classes)
+    log.info("%s class weights: %s", scheme, [round(float(w), 4) for w in weights])
     return weights
 
 
@@ -404,6 +421,30 @@ def median_frequency_class_weights(dataset: Any, num_classes: int) -> torch.Tens
     labels = (read(path) for path in dataset.label_paths)
     counts, image_pixels = class_pixel_counts(labels, num_classes)
     return median_frequency_weights(counts, image_pixels).float()
+
+
+def enet_class_weights(dataset: Any, num_classes: int) -> torch.Tensor:
+    """ENet's weights ``1 / ln(1.02 + p_c)`` from ``dataset``'s label files, read without augmentation."""
+    from seglab.data.io import read_label
+    from seglab.losses import class_pixel_counts, enet_weights
+
+    read = getattr(dataset, "load_label", read_label)
+    counts, _ = class_pixel_counts((read(path) for path in dataset.label_paths), num_classes)
+    return enet_weights(counts)
+
+
+def _ohem(cfg: Config) -> tuple[float, float | int] | None:
+    """``train.ohem_thresh`` / ``ohem_min_kept`` as the loss takes them: None (off) or (thresh, count or fraction)."""
+    thresh, kept = cfg.train.ohem_thresh, cfg.train.ohem_min_kept
+    if thresh == 0:
+        return None
+    if not 0 < thresh < 1:
+        raise ConfigError(f"train.ohem_thresh must be 0 (off) or a probability in (0, 1), got {thresh}")
+    if kept < 0:
+        raise ConfigError(f"train.ohem_min_kept must be >= 0, got {kept}")
+    if cfg.train.bootstrap_top_k:
+        raise ConfigError("train.ohem_thresh and train.bootstrap_top_k both select hard pixels; set one of them")
+    return thresh, (int(kept) if kept >= 1 else float(kept))
 
 
 def _top_k(value: float) -> float | int | None:

@@ -132,10 +132,11 @@ def test_cli_functions_are_short():
 
 
 def test_package_code_never_reaches_into_the_repository():
-    """Scripts pass paths to docs/ and configs/; the installed package has neither."""
+    """Scripts pass paths to docs/; the installed package has none. (The configs are package data, seglab/configs,
+    found through seglab.recipes; the repository's configs/ links to them.)"""
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and node.value in ("docs", "configs"):
+            if isinstance(node, ast.Constant) and node.value in ("docs",):
                 raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} names the repository's {node.value}/")
         text = path.read_text()
         assert "shared/reference" not in text and "reference/models.md" not in text, path

@@ -211,34 +211,39 @@ def custom_label_set(
     return LabelSet(name, tuple(classes), tuple(rgb))
 
 
-def read_classes_file(path: str | Path) -> LabelSet:
-    """The label set of a ``classes.txt``: one class per line in index order, each ``name`` or ``name #rrggbb``
-    (a colour for every class, or for none). ValueError naming the file and line for a malformed one."""
+def read_classes_entries(path: str | Path) -> list[tuple[str, tuple[int, int, int] | None]]:
+    """The ``(name, colour or None)`` lines of a ``classes.txt``, in index order: ``name`` or ``name #rrggbb`` (the
+    colour is the last whitespace-separated token when it matches ``#rrggbb``). Blank lines are errors (they would
+    shift every index after them) except at the end; ValueError naming the file and line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+        lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the class list ({exc})") from None
-    names, colors = [], []
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise ValueError(f"{path}: the class list is empty; expected one class per line, 'name' or 'name #rrggbb'")
+    entries: list[tuple[str, tuple[int, int, int] | None]] = []
     for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text:
+        tokens = line.split()
+        if not tokens:
             raise ValueError(f"{path}: line {number} is empty; expected one class per line, 'name' or 'name #rrggbb'")
-        *head, last = text.split()
-        if head and _HEX_COLOR.fullmatch(last):
-            names.append(" ".join(head))
-            colors.append([int(last[i : i + 2], 16) for i in (1, 3, 5)])
+        if len(tokens) > 1 and _HEX_COLOR.fullmatch(tokens[-1]):
+            rgb = tuple(int(tokens[-1][i : i + 2], 16) for i in (1, 3, 5))
+            entries.append((" ".join(tokens[:-1]), (rgb[0], rgb[1], rgb[2])))
         else:
-            names.append(text)
-    if colors and len(colors) != len(names):
-        raise ValueError(f"{path}: {len(colors)} of {len(names)} classes have a colour; give every class one, or none")
-    return custom_label_set(names, colors or None, where=str(path))
+            entries.append((line.strip(), None))
+    return entries
 
 
-def classes_file_text(labels: LabelSet, with_colors: bool = True) -> str:
-    """``labels`` as the text of a ``classes.txt`` (:func:`read_classes_file` reads it back)."""
-    return "".join(f"{name} #{r:02x}{g:02x}{b:02x}\n" if with_colors else f"{name}\n"
-                   for name, (r, g, b) in zip(labels.classes, labels.colors, strict=True))
+def read_classes_file(path: str | Path) -> LabelSet:
+    """The label set of a ``classes.txt`` (:func:`read_classes_entries`); a class without a colour gets the VOC
+    colour map's colour of its index. ValueError naming the file for a malformed one."""
+    entries = read_classes_entries(path)
+    voc = voc_colormap(len(entries))
+    colors = [list(color or voc[i]) for i, (_, color) in enumerate(entries)]
+    return custom_label_set([name for name, _ in entries], colors, where=str(path))
 
 
 def label_set_metadata(labels: LabelSet) -> dict[str, Any]:
@@ -278,12 +283,12 @@ __all__ = [
     "LIP_JOINTS",
     "LIP_JOINT_FLIP_PAIRS",
     "LabelSet",
-    "classes_file_text",
     "custom_label_set",
     "get_label_set",
     "label_set_from_metadata",
     "label_set_metadata",
     "list_label_sets",
+    "read_classes_entries",
     "read_classes_file",
     "voc_colormap",
 ]

@@ -33,6 +33,24 @@ Absent classes, two rules (``ConfusionMatrix.compute(absent=...)``, :func:`parsi
 On full benchmark validation sets, where every class occurs, both rules agree. Pixel accuracy and
 fwIoU do not depend on the rule.
 
+Optional metrics (``eval.metrics``; computed only when asked), as mmsegmentation's ``IoUMetric``
+computes them (``mmseg/evaluation/metrics/iou_metric.py``, ``total_area_to_metrics``), with TP_c =
+hist[c, c], pred_c = hist[:, c].sum() and gt_c = hist[c, :].sum():
+
+- ``"dice"``: ``Dice_c`` = 2 TP_c / (pred_c + gt_c);  ``mDice``.
+- ``"fscore"``: ``Precision_c`` = TP_c / pred_c, ``Recall_c`` = TP_c / gt_c (= ``Acc_c``) and
+  ``Fscore_c`` = (1 + b^2) P R / (b^2 P + R) with b = 1, from those two;  ``mFscore``, ``mPrecision``,
+  ``mRecall``.
+- ``"boundary_iou"``: ``BIoU_c`` = boundary intersection / boundary union summed over the images
+  (:mod:`seglab.engine.boundary`: Cheng et al. 2021, dilation ratio 0.02);  ``mBIoU``.
+
+The absent rule applies to them as to IoU and accuracy: under ``"nan"`` a value whose denominator is
+0 is NaN and left out of the mean (mmseg's 0/0, its ``np.nanmean``), under ``"zero"`` it is 0 and
+counted. So under ``"nan"`` the numbers are mmseg's to float precision (mmseg sums in float32),
+including its F-score rule: a class with no true positive (P = R = 0), or one never predicted (P
+undefined) or absent from the ground truth (R undefined), has no F-score and is left out of mFscore,
+while its Dice is 0 and counts; mDice is the stricter of the two.
+
 Instance-level human parsing (CIHP) adds two detection-style metrics over part or person masks,
 computed here as the reference scripts do:
 :func:`region_ap` (PGN's AP^r, CIHP_PGN ``evaluation/test_inst_part_ap.py``) and
@@ -45,8 +63,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +73,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from seglab.config import check_eval_metrics
+from seglab.engine.boundary import boundary_counts
 from seglab.engine.forward import model_device
 from seglab.engine.inference import InferenceOptions, infer_probs
 from seglab.errors import DatasetError
@@ -74,10 +95,44 @@ class SegMetrics:
     iou: np.ndarray
     acc: np.ndarray
     confusion: np.ndarray | None = None
+    # the optional metrics (eval.metrics), None unless asked for: per-class values; the means are properties
+    dice: np.ndarray | None = None
+    fscore: np.ndarray | None = None
+    precision: np.ndarray | None = None
+    recall: np.ndarray | None = None
+    boundary_iou: np.ndarray | None = None
+
+    @property
+    def mDice(self) -> float | None:  # noqa: N802 - the metric's name
+        return _mean_of(self.dice)
+
+    @property
+    def mFscore(self) -> float | None:  # noqa: N802
+        return _mean_of(self.fscore)
+
+    @property
+    def mPrecision(self) -> float | None:  # noqa: N802
+        return _mean_of(self.precision)
+
+    @property
+    def mRecall(self) -> float | None:  # noqa: N802
+        return _mean_of(self.recall)
+
+    @property
+    def mBIoU(self) -> float | None:  # noqa: N802
+        return _mean_of(self.boundary_iou)
+
+    def extra(self) -> list[tuple[str, str, float, np.ndarray]]:
+        """The optional metrics that were computed: ``(mean name, per-class name, mean, per-class values)``."""
+        fields = [("mDice", "Dice", self.dice), ("mFscore", "Fscore", self.fscore),
+                  ("mPrecision", "Precision", self.precision), ("mRecall", "Recall", self.recall),
+                  ("mBIoU", "BIoU", self.boundary_iou)]
+        return [(mean, name, getattr(self, mean), values) for mean, name, values in fields if values is not None]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict: floats, with None wherever a value is NaN (JSON has no NaN), and
-        ``"confusion"`` as a list of rows of ints when the matrix is known."""
+        ``"confusion"`` as a list of rows of ints when the matrix is known. The optional metrics appear
+        (mean, then per class: ``"mDice"``, ``"Dice"``, ...) only when they were computed."""
         out: dict[str, Any] = {
             "aAcc": _json_float(self.aAcc),
             "mAcc": _json_float(self.mAcc),
@@ -86,6 +141,9 @@ class SegMetrics:
             "IoU": [_json_float(v) for v in self.iou.tolist()],
             "Acc": [_json_float(v) for v in self.acc.tolist()],
         }
+        for mean_name, name, mean, values in self.extra():
+            out[mean_name] = _json_float(mean)
+            out[name] = [_json_float(v) for v in values.tolist()]
         if self.confusion is not None:
             out["confusion"] = [[int(v) for v in row] for row in np.asarray(self.confusion).tolist()]
         return out
@@ -102,23 +160,39 @@ def _nanmean(values: np.ndarray) -> float:
     return float(kept.mean()) if kept.size else float("nan")
 
 
+def _mean_of(values: np.ndarray | None) -> float | None:
+    """The class mean of an optional metric (None when not computed). Under the "zero" rule no value is NaN,
+    so this is the plain mean there and the nanmean under "nan", as for mIoU."""
+    return None if values is None else _nanmean(values)
+
+
 class ConfusionMatrix:
     """A ``num_classes x num_classes`` int64 histogram of (ground truth, prediction) pixel pairs.
 
     ``hist`` stays on the CPU; ``update`` counts on the inputs' device (``torch.bincount``) and adds
     the small result. For data-parallel evaluation each rank updates its own matrix and
     :meth:`all_reduce` sums them, after which every rank computes the same metrics.
+
+    ``metrics`` (names of :data:`~seglab.config.EVAL_METRICS`) are what :meth:`compute` reports. All but
+    Boundary IoU derive from ``hist``; with ``"boundary_iou"`` each update also counts the boundary
+    regions' intersection and union per class (``boundary``, int64 ``[2, C]``), which needs the label maps
+    as ``[H, W]`` or ``[B, H, W]`` and costs two min/max filters per map.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = 255, metrics: Sequence[str] = ("miou",)) -> None:
         if int(num_classes) < 1:
             raise ValueError(f"ConfusionMatrix: num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
+        self.metrics = check_eval_metrics(metrics, "metrics")
         self.hist = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        self.boundary = (torch.zeros(2, self.num_classes, dtype=torch.int64) if "boundary_iou" in self.metrics
+                         else None)
 
     def reset(self) -> None:
         self.hist.zero_()
+        if self.boundary is not None:
+            self.boundary.zero_()
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -140,15 +214,22 @@ class ConfusionMatrix:
             self._check_predictions(pr.min() if pr.size else 0, pr.max() if pr.size else 0)
             counts = np.bincount(c * gt + pr, minlength=c * c).reshape(c, c)
             self.hist += torch.from_numpy(counts)
-            return
-        gt = target.reshape(-1).to(torch.int64)
-        pr = pred.reshape(-1).to(gt.device, torch.int64)
-        keep = (gt != self.ignore_index) & (gt >= 0) & (gt < c)
-        gt, pr = gt[keep], pr[keep]
-        if pr.numel():
-            self._check_predictions(*(int(v) for v in torch.aminmax(pr)))
-        counts = torch.bincount(c * gt + pr, minlength=c * c).reshape(c, c)
-        self.hist += counts.cpu()
+        else:
+            gt = target.reshape(-1).to(torch.int64)
+            pr = pred.reshape(-1).to(gt.device, torch.int64)
+            keep = (gt != self.ignore_index) & (gt >= 0) & (gt < c)
+            gt, pr = gt[keep], pr[keep]
+            if pr.numel():
+                self._check_predictions(*(int(v) for v in torch.aminmax(pr)))
+            counts = torch.bincount(c * gt + pr, minlength=c * c).reshape(c, c)
+            self.hist += counts.cpu()
+        if self.boundary is not None:
+            if pred.ndim not in (2, 3):
+                raise ValueError(f"ConfusionMatrix.update: Boundary IoU needs label maps [H, W] or [B, H, W], got "
+                                 f"{tuple(pred.shape)}")
+            intersection, union = boundary_counts(pred, target, c, self.ignore_index)
+            self.boundary[0] += intersection
+            self.boundary[1] += union
 
     def _check_predictions(self, low: int, high: int) -> None:
         if low < 0 or high >= self.num_classes:
@@ -159,7 +240,11 @@ class ConfusionMatrix:
         """Add ``other``'s counts into this matrix (in place); returns self."""
         if other.num_classes != self.num_classes:
             raise ValueError(f"ConfusionMatrix.merge: {other.num_classes} classes into {self.num_classes}")
+        if (other.boundary is None) != (self.boundary is None):
+            raise ValueError("ConfusionMatrix.merge: one matrix counts Boundary IoU and the other does not")
         self.hist += other.hist.to(self.hist.device)
+        if self.boundary is not None:
+            self.boundary += other.boundary
         return self
 
     def all_reduce(self, group: Any = None) -> ConfusionMatrix:
@@ -169,25 +254,35 @@ class ConfusionMatrix:
         if not (dist.is_available() and dist.is_initialized()):
             return self
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
-        buf = self.hist.to(device)
+        parts = [self.hist] if self.boundary is None else [self.hist, self.boundary]
+        buf = torch.cat([p.reshape(-1) for p in parts]).to(device)  # one collective for all counts
         dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
-        self.hist.copy_(buf.cpu())
+        for part, reduced in zip(parts, buf.cpu().split([p.numel() for p in parts]), strict=True):
+            part.copy_(reduced.reshape(part.shape))
         return self
 
-    def compute(self, absent: str = "nan") -> SegMetrics:
+    def compute(self, absent: str = "nan", metrics: Sequence[str] | None = None) -> SegMetrics:
         """The metrics of the counts so far (see the module docstring for the definitions).
 
         ``absent`` picks the rule for classes absent from the ground truth and the prediction:
         ``"nan"`` (NaN, left out of the means) or ``"zero"`` (SCHP's: 0, counted in the means).
+        ``metrics`` default to the matrix's own; Boundary IoU only where the matrix counted it.
         """
-        return _segmetrics_from_hist(self.hist, absent)
+        metrics = self.metrics if metrics is None else check_eval_metrics(metrics, "metrics")
+        if "boundary_iou" in metrics and self.boundary is None:
+            raise ValueError("ConfusionMatrix.compute: Boundary IoU is counted per image; create the matrix with "
+                             "metrics including 'boundary_iou'")
+        return _segmetrics_from_hist(self.hist, absent, metrics, self.boundary)
 
 
 ABSENT_RULES = ("nan", "zero")
 
 
-def _segmetrics_from_hist(hist: Any, absent: str = "nan") -> SegMetrics:
-    """:class:`SegMetrics` of a ``C x C`` count matrix (rows ground truth) under an absent-class rule."""
+def _segmetrics_from_hist(
+    hist: Any, absent: str = "nan", metrics: Sequence[str] = ("miou",), boundary: Any = None
+) -> SegMetrics:
+    """:class:`SegMetrics` of a ``C x C`` count matrix (rows ground truth) under an absent-class rule, with the
+    optional ``metrics``; Boundary IoU from ``boundary``, the ``[2, C]`` boundary intersections and unions."""
     if absent not in ABSENT_RULES:
         raise ValueError(f"absent must be one of {ABSENT_RULES}, got {absent!r}")
     counts = hist.detach().cpu().numpy() if isinstance(hist, torch.Tensor) else np.asarray(hist)
@@ -216,8 +311,33 @@ def _segmetrics_from_hist(hist: Any, absent: str = "nan") -> SegMetrics:
         fw_iou = float((gt[present] / total * iou[present]).sum())
     else:
         a_acc = fw_iou = float("nan")
+    extra: dict[str, np.ndarray] = {}
+    if "dice" in metrics:
+        extra["dice"] = _ratio(2.0 * tp, pred + gt, absent)
+    if "fscore" in metrics:
+        precision, recall = _ratio(tp, pred, absent), _ratio(tp, gt, absent)
+        extra.update(precision=precision, recall=recall, fscore=_fscore(precision, recall, absent))
+    if "boundary_iou" in metrics:
+        b = boundary.detach().cpu().numpy() if isinstance(boundary, torch.Tensor) else np.asarray(boundary)
+        if b.shape != (2, counts.shape[0]):
+            raise ValueError(f"boundary counts must be [2, {counts.shape[0]}], got shape {b.shape}")
+        extra["boundary_iou"] = _ratio(b[0].astype(np.float64), b[1].astype(np.float64), absent)
     return SegMetrics(aAcc=a_acc, mAcc=m_acc, mIoU=m_iou, fwIoU=fw_iou, iou=iou, acc=acc,
-                      confusion=counts.astype(np.int64).copy())
+                      confusion=counts.astype(np.int64).copy(), **extra)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray, absent: str) -> np.ndarray:
+    """``numerator / denominator`` per class; where the denominator is 0: NaN (``absent="nan"``) or 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / denominator, np.nan if absent == "nan" else 0.0)
+
+
+def _fscore(precision: np.ndarray, recall: np.ndarray, absent: str, beta: float = 1.0) -> np.ndarray:
+    """mmseg's ``f_score``: (1 + b^2) P R / (b^2 P + R). NaN propagates and 0/0 (no true positive) is NaN
+    under ``absent="nan"``; under "zero" P and R are already 0 where undefined, and 0/0 gives 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = (1 + beta**2) * (precision * recall) / ((beta**2 * precision) + recall)
+    return score if absent == "nan" else np.nan_to_num(score, nan=0.0)
 
 
 def parsing_metrics(hist: ConfusionMatrix | torch.Tensor | np.ndarray, rule: str = "schp") -> dict[str, Any]:
@@ -236,21 +356,32 @@ def parsing_metrics(hist: ConfusionMatrix | torch.Tensor | np.ndarray, rule: str
     return {"pixel_acc": m.aAcc, "mean_acc": m.mAcc, "mIoU": m.mIoU, "IoU": m.iou, "Acc": m.acc}
 
 
+# the column headers of the optional metrics in metrics_to_text
+_SHORT_NAMES = {"Dice": "Dice", "Fscore": "Fscore", "Precision": "Prec", "Recall": "Recall", "BIoU": "BIoU"}
+
+
 def metrics_to_text(metrics: SegMetrics, class_names: Sequence[str]) -> str:
-    """A per-class table (name, IoU %, Acc %) followed by the summary line; NaN shows as '-'."""
+    """A per-class table (name, IoU %, Acc %, then the optional metrics computed) followed by the summary line
+    (and a second one of the optional means); NaN shows as '-'."""
 
     def pct(value: float) -> str:
         return "-" if math.isnan(value) else f"{100.0 * value:.2f}"
 
+    extra = metrics.extra()
     names = [class_names[i] if i < len(class_names) else f"class {i}" for i in range(len(metrics.iou))]
     width = max([len("class"), *(len(n) for n in names)])
-    lines = [f"{'class':<{width}}  {'IoU':>7}  {'Acc':>7}", "-" * (width + 18)]
-    for name, iou, acc in zip(names, metrics.iou.tolist(), metrics.acc.tolist(), strict=True):
-        lines.append(f"{name:<{width}}  {pct(iou):>7}  {pct(acc):>7}")
-    lines.append("-" * (width + 18))
+    rule = "-" * (width + 18 + 9 * len(extra))
+    header = "".join(f"  {_SHORT_NAMES[name]:>7}" for _, name, _, _ in extra)
+    lines = [f"{'class':<{width}}  {'IoU':>7}  {'Acc':>7}{header}", rule]
+    for i, (name, iou, acc) in enumerate(zip(names, metrics.iou.tolist(), metrics.acc.tolist(), strict=True)):
+        cells = "".join(f"  {pct(float(values[i])):>7}" for _, _, _, values in extra)
+        lines.append(f"{name:<{width}}  {pct(iou):>7}  {pct(acc):>7}{cells}")
+    lines.append(rule)
     lines.append(
         f"aAcc {pct(metrics.aAcc)}  mAcc {pct(metrics.mAcc)}  mIoU {pct(metrics.mIoU)}  fwIoU {pct(metrics.fwIoU)}"
     )
+    if extra:
+        lines.append("  ".join(f"{mean_name} {pct(mean)}" for mean_name, _, mean, _ in extra))
     return "\n".join(lines)
 
 
@@ -298,10 +429,12 @@ def evaluate_confusion(
     batch_size: int = 1,
     progress: bool = False,
     num_workers: int = 0,
+    metrics: Sequence[str] = ("miou",),
     **option_keywords: Any,
 ) -> ConfusionMatrix:
     """The confusion matrix of ``model`` over ``dataset``: :func:`evaluate` without the final
     ``compute()``, for callers that merge or all-reduce matrices (one shard of the data per rank).
+    ``metrics`` are the matrix's (:class:`ConfusionMatrix`): with ``"boundary_iou"`` it also counts boundaries.
     """
     options = InferenceOptions.build(options, **option_keywords)
     if batch_size < 1:
@@ -322,7 +455,7 @@ def evaluate_confusion(
         # or evaluating mid-training would shift the training run's random stream
         generator=torch.Generator().manual_seed(0),
     )
-    matrix = ConfusionMatrix(num_classes)
+    matrix = ConfusionMatrix(num_classes, metrics=metrics)
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -365,6 +498,7 @@ def evaluate(
     progress: bool = False,
     num_workers: int = 0,
     absent: str = "nan",
+    metrics: Sequence[str] = ("miou",),
     **option_keywords: Any,
 ) -> SegMetrics:
     """Segment every ``(image, mask)`` of ``dataset`` with :func:`infer_probs` as ``options`` say (keywords such
@@ -376,12 +510,70 @@ def evaluate(
     The images of one batch may differ in size: consecutive same-size images are stacked, the
     others run one by one. The model runs in eval mode under ``torch.inference_mode``; every
     submodule's training flag is restored afterwards. ``device`` defaults to the model's device;
-    when given, the model is moved there. ``num_workers`` is the DataLoader's.
+    when given, the model is moved there. ``num_workers`` is the DataLoader's. ``metrics``: what is reported
+    besides mIoU and its companions (:data:`~seglab.config.EVAL_METRICS`).
     """
     return evaluate_confusion(
         model, dataset, options, num_classes=num_classes, device=device, batch_size=batch_size, progress=progress,
-        num_workers=num_workers, **option_keywords,
+        num_workers=num_workers, metrics=metrics, **option_keywords,
     ).compute(absent=absent)
+
+
+def evaluate_label_files(
+    pairs: Sequence[tuple[Path, Path]],
+    *,
+    num_classes: int,
+    read_ground_truth: Callable[[Path], np.ndarray] | None = None,
+    absent: str = "nan",
+    metrics: Sequence[str] = ("miou",),
+    progress: bool = False,
+    ignore_index: int = 255,
+) -> SegMetrics:
+    """The metrics of label maps written by any tool: ``pairs`` of (ground-truth file, prediction file), the
+    ground truth read by ``read_ground_truth`` (default :func:`~seglab.data.io.read_label`; a dataset's
+    ``load_label`` maps stored ids to train ids), each prediction as an index PNG (:func:`~seglab.data.io.read_label`).
+
+    Raises :class:`~seglab.errors.DatasetError` naming the files when a prediction's size differs from its
+    ground truth's, when it holds values that are neither a class in ``[0, num_classes)`` nor ``ignore_index``,
+    when it is ``ignore_index`` where the ground truth is scored (no class there has no score), and, as
+    :func:`evaluate`, for ground-truth values outside the classes.
+    """
+    from rich.progress import Progress
+
+    from seglab.data.io import read_label
+
+    read_ground_truth = read_ground_truth or read_label
+    matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index, metrics=metrics)
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("eval", total=len(pairs))
+        for gt_path, pred_path in pairs:
+            target = torch.from_numpy(np.asarray(read_ground_truth(gt_path)).astype(np.int64))
+            check_ground_truth(target, num_classes, str(gt_path), ignore_index)
+            pred = torch.from_numpy(read_label(pred_path).astype(np.int64))
+            _check_prediction(pred, target, pred_path, gt_path, num_classes, ignore_index)
+            matrix.update(pred, target)
+            bar.update(task, advance=1)
+    return matrix.compute(absent=absent)
+
+
+def _check_prediction(pred: torch.Tensor, target: torch.Tensor, pred_path: Path, gt_path: Path, num_classes: int,
+                      ignore_index: int) -> None:
+    """A prediction file's size and values against its ground truth (see :func:`evaluate_label_files`)."""
+    if pred.shape != target.shape:
+        raise DatasetError(f"{pred_path}: prediction size {pred.shape[1]}x{pred.shape[0]} (WxH) differs from the "
+                           f"ground truth {gt_path} size {target.shape[1]}x{target.shape[0]}")
+    bad = pred[(pred != ignore_index) & (pred >= num_classes)]
+    if bad.numel():
+        values = sorted(int(v) for v in bad.unique()[:10])
+        raise DatasetError(f"{pred_path}: prediction values {values} are not among the {num_classes} classes "
+                           f"[0, {num_classes}) nor {ignore_index}; a prediction holds the class indices (train ids) "
+                           "that seglab predict writes, not a dataset's stored ids")
+    scored = (target != ignore_index) & (target >= 0) & (target < num_classes)
+    unlabelled = int(((pred == ignore_index) & scored).sum())
+    if unlabelled:
+        raise DatasetError(f"{pred_path}: {unlabelled} pixels are {ignore_index} (no class) where the ground truth "
+                           f"{gt_path} has a class; {ignore_index} is allowed only where the ground truth is ignored, "
+                           "every scored pixel needs a class")
 
 
 # ---- instance-level human parsing (CIHP): PGN's AP^r, Parsing R-CNN's AP^p and PCP ----
@@ -622,6 +814,7 @@ __all__ = [
     "check_ground_truth",
     "evaluate",
     "evaluate_confusion",
+    "evaluate_label_files",
     "metrics_to_text",
     "parsing_metrics",
     "part_instances_from_maps",

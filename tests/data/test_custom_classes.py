@@ -10,7 +10,6 @@ from seglab.config import config_from_dict
 from seglab.data import build_dataset, label_set_for
 from seglab.data.check import check_dataset
 from seglab.data.palettes import (
-    classes_file_text,
     custom_label_set,
     label_set_from_metadata,
     label_set_metadata,
@@ -68,14 +67,14 @@ def test_a_malformed_classes_file_names_the_file_and_line(folder):
     (folder / "classes.txt").write_text("background\n\ntree\n")
     with pytest.raises(ConfigError, match=r"classes.txt: line 2 is empty"):
         label_set_for(_data(folder))
-    (folder / "classes.txt").write_text("background #000000\ntree\n")
-    with pytest.raises(ConfigError, match="1 of 2 classes have a colour"):
-        check_dataset(folder)
+    (folder / "classes.txt").write_text("background #010203\ntree\n\n")  # trailing blank lines are fine
+    assert check_dataset(folder).label_set == "custom"
+    labels = label_set_for(_data(folder))
+    assert labels.colors == ((1, 2, 3), (128, 0, 0))  # a class without a colour: the VOC map's for its index
 
 
 def test_classes_file_and_metadata_round_trip():
     labels = custom_label_set(["background", "traffic light", "x"], COLORS)
-    assert classes_file_text(labels).splitlines()[1] == "traffic light #c80000"
     assert label_set_from_metadata(label_set_metadata(labels)) == labels
     assert label_set_metadata(label_set_from_metadata({"label_set": "cityscapes"})) == {"label_set": "cityscapes"}
 

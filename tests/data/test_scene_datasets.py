@@ -177,3 +177,36 @@ def test_coco_stuff_check_dataset(coco_stuff, tmp_path):
     assert report.errors == {"label_out_of_range": [str(bad)]}
     cfg = config_from_dict({"data": {"dataset": "coco_stuff", "root": str(coco_stuff), "crop_size": [16, 16]}})
     assert build_dataset(cfg.data, "train", train=True)[1][0].shape == (3, 16, 16)
+
+
+# -- metrics: mmsegmentation's IoUMetric on ADE20K (reduce_zero_label) and COCO-Stuff, by hand ---------------
+
+
+@pytest.mark.parametrize("dataset, raw, pred, expected_iou, expected_acc", [
+    # ADE20K: 0 (other) ignored, k -> k - 1. Valid pixels: class 0 label 2 / pred 2 / both 1 -> 1/3; class 1:
+    # 2 / 3 / 2 -> 2/3; class 2: 2 / 1 / 1 -> 1/2; mIoU 1/2, aAcc 4/6. Predictions on ignored pixels count nowhere.
+    ("ade20k", [[0, 1, 1, 2], [3, 3, 0, 2]], [[5, 0, 1, 1], [2, 0, 2, 1]], {0: 1 / 3, 1: 2 / 3, 2: 1 / 2}, 4 / 6),
+    # COCO-Stuff: raw 11 and 90 (unused COCO ids) and 255 ignored, 12 -> 11, 181 -> 170. Class 0 and 11 right;
+    # 170 labelled but predicted 169: both IoU 0; mIoU 1/2 over the four classes seen, aAcc 2/3.
+    ("coco_stuff", [[0, 11, 12], [181, 255, 90]], [[0, 3, 11], [169, 0, 0]], {0: 1.0, 11: 1.0, 169: 0.0, 170: 0.0},
+     2 / 3),
+])  # fmt: skip
+def test_scene_metrics_follow_mmsegmentation_iou_metric(tmp_path, dataset, raw, pred, expected_iou, expected_acc):
+    from seglab.engine.evaluator import ConfusionMatrix
+
+    raw = np.asarray(raw, np.uint8)
+    images, labels, cls, num_classes = {
+        "ade20k": ("images/validation", "annotations/validation", ADE20KSegmentation, 150),
+        "coco_stuff": ("images/val2017", "annotations/val2017", COCOStuffSegmentation, 171),
+    }[dataset]
+    (tmp_path / images).mkdir(parents=True)
+    Image.new("RGB", raw.shape[::-1]).save(tmp_path / images / "a.jpg")
+    write_png(tmp_path / labels / "a.png", raw)
+    _, label = cls(tmp_path, "val")[0]  # the loader's own reading: stored ids -> train ids
+    hist = ConfusionMatrix(num_classes)
+    hist.update(torch.as_tensor(np.asarray(pred)), torch.as_tensor(label.astype(np.int64)))
+    metrics = hist.compute()
+    seen = {c: float(v) for c, v in enumerate(metrics.iou) if not np.isnan(v)}
+    assert seen == pytest.approx(expected_iou)
+    assert metrics.mIoU == pytest.approx(np.mean(list(expected_iou.values())))
+    assert metrics.aAcc == pytest.approx(expected_acc)

@@ -74,6 +74,21 @@ def to_label_ids(train_ids: np.ndarray) -> np.ndarray:
     return table[np.asarray(train_ids, dtype=np.uint8)]
 
 
+def write_label_ids(out_dir: str | Path, image: str | Path, train_ids: np.ndarray) -> Path:
+    """Write a prediction of ``image`` (``<name>_leftImg8bit.png``) as ``out_dir/<name>_labelIds.png``: the train
+    ids mapped to label ids in an 8-bit grey PNG, which cityscapesScripts' evalPixelLevelSemanticLabeling finds
+    by ``<city>_<seq>_<frame>`` and reads (atomically written)."""
+    from PIL import Image
+
+    from seglab.utils import atomic_write
+
+    name = Path(image).name.removesuffix(IMAGE_SUFFIX).removesuffix(Path(image).suffix)
+    label_ids = Image.fromarray(to_label_ids(np.asarray(train_ids)), mode="L")
+    path = Path(out_dir) / f"{name}_labelIds.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: label_ids.save(tmp, format="PNG"))
+
+
 def _annotation(fine: bool) -> tuple[str, str]:
     return ("gtFine", "_gtFine_") if fine else ("gtCoarse", "_gtCoarse_")
 
@@ -196,4 +211,5 @@ __all__ = [
     "sequence_frames",
     "to_label_ids",
     "to_train_ids",
+    "write_label_ids",
 ]

@@ -169,8 +169,8 @@ register_dataset(
     builders={"semantic": _build},
     label_set="voc",
     layouts=(FOLDER,),
-    summary="one's own images and masks paired by stem; the classes from `data.classes`, `data.palette` or "
-            "`root/classes.txt`",
+    summary="one's own images and masks paired by stem (what `seglab convert-data` writes); the classes from "
+            "`data.classes`, `data.palette` or `root/classes.txt`",
     classes_file=True,
 )
 
