@@ -115,6 +115,20 @@ class SegmentationLoss(nn.Module):
         return total, dict(zip(["loss", *names], floats, strict=True))
 
 
+def pixel_cross_entropy(
+    logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per-pixel cross-entropy ``[B, H, W]`` (0 at ignored pixels) of ``logits`` against ``target`` ``[B, H, W]``,
+    logits smaller than the target upsampled bilinearly; returns it and the target as int64."""
+    if target.ndim != 3:
+        raise ValueError(f"target must be [B, H, W] class indices, got shape {tuple(target.shape)}")
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    target = target.long()
+    loss = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="none")
+    return loss, target
+
+
 class BootstrappedCrossEntropy(nn.Module):
     """Bootstrapped cross-entropy of FRRN (Pohlen et al., CVPR 2017, arXiv:1611.08323).
 
@@ -152,14 +166,7 @@ class BootstrappedCrossEntropy(nn.Module):
         return min(valid, self.top_k)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        if target.ndim != 3:
-            raise ValueError(f"target must be [B, H, W] class indices, got shape {tuple(target.shape)}")
-        if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        target = target.long()
-        pixel_loss = F.cross_entropy(
-            logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index, reduction="none"
-        )
+        pixel_loss, target = pixel_cross_entropy(logits, target, self.ignore_index, self.class_weights)
         valid = target != self.ignore_index
         total = pixel_loss.sum() * 0.0  # keeps a gradient when no image has labelled pixels
         images = 0
@@ -216,12 +223,7 @@ class OhemCrossEntropy(nn.Module):
         return min(valid, int(self.min_kept))
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        if target.ndim != 3:
-            raise ValueError(f"target must be [B, H, W] class indices, got shape {tuple(target.shape)}")
-        if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        target = target.long()
-        pixel_loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="none")
+        pixel_loss, target = pixel_cross_entropy(logits, target, self.ignore_index)
         valid = target != self.ignore_index
         losses = pixel_loss[valid]
         kept = self._min_kept(losses.numel())
