@@ -155,6 +155,12 @@ def _cmd_convert(args) -> int:
         dst = convert_schp(args.src, args.dst, dataset=args.dataset, model=args.model,
                            inplace_abn=args.inplace_abn)
         name = read_metadata(dst)["model"]  # the model the converter resolved from the keys when --model is not given
+    elif args.source == "bisenet":
+        from seglab.checkpoint import read_metadata
+
+        dst = convert.convert_bisenet(args.src, args.dst, model=args.model, label_set=args.label_set,
+                                      dataset=args.dataset, fold_normalization=args.fold_normalization)
+        name = read_metadata(dst)["model"]  # resolved from the keys when --model is not given
     else:
         dst = convert.convert_smp(args.src, args.dst, model=args.model, label_set=args.label_set)
         name = args.model
@@ -344,6 +350,19 @@ def _export_convert_parsers(sub) -> None:
     p.add_argument("--model", choices=["unet_resnet18", "unet_resnet34", "unet_resnet50"], default="unet_resnet34",
                    help="seglab model matching the smp encoder (default: unet_resnet34)")
     p.add_argument("--label-set", help="label set recorded in the weights (default: none)")
+    p.set_defaults(func=_cmd_convert)
+    p = convert.add_parser("bisenet", help="a checkpoint released with CoinCheung/BiSeNet (BiSeNet v1 or v2)")
+    p.add_argument("src", help="CoinCheung/BiSeNet .pth file, e.g. model_final_v2_city.pth")
+    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("--model", choices=["bisenetv1_resnet18", "bisenetv2"],
+                   help="seglab model (default: the one the checkpoint's keys show)")
+    p.add_argument("--dataset", choices=["cityscapes", "coco_stuff", "ade20k"],
+                   help="its training set, whose mean/std are folded into the first convolutions so that the model "
+                        "takes seglab's ImageNet-normalised input (default: from the class count, 19, 171 or 150)")
+    p.add_argument("--label-set", help="label set recorded in the weights (default: the dataset's)")
+    p.add_argument("--no-fold-normalization", dest="fold_normalization", action="store_false",
+                   help="keep the first convolutions as they are (the model then expects CoinCheung's input "
+                        "normalisation, not seglab's)")
     p.set_defaults(func=_cmd_convert)
 
 
