@@ -4,7 +4,6 @@ CLI, every tensor lands on its seglab key unchanged, the converted model gives t
 logits), the dataset's input normalisation folds into the first convolutions, and foreign, mis-shaped, older or
 malicious files are refused naming what is wrong."""
 
-import os
 import pickle
 
 import pytest
@@ -22,6 +21,7 @@ from seglab.convert.smp import seglab_to_smp_key
 from seglab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seglab.errors import CheckpointError
 from seglab.pretrained import load_model
+from tests.payloads import RunsPython, RunsShell
 
 V1, V2 = "bisenetv1_resnet18", "bisenetv2"
 
@@ -495,24 +495,8 @@ def test_cli_reports_errors_and_writes_nothing(references, tmp_path, capsys):
     assert not (tmp_path / "bad.safetensors").exists()
 
 
-class _RunsShell:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-class _RunsPython:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
-
-
 @pytest.mark.parametrize("how", ["torch.save", "pickle"])
-@pytest.mark.parametrize("payload", [_RunsShell, _RunsPython])
+@pytest.mark.parametrize("payload", [RunsShell, RunsPython])
 def test_pickle_with_code_is_refused_without_running_it(tmp_path, capsys, how, payload):
     marker = tmp_path / "pwned"
     obj = {"state_dict": {"sp.conv1.conv.weight": torch.zeros(64, 3, 7, 7), "sp.conv1.bn.weight": payload(marker)}}

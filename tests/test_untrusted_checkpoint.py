@@ -2,8 +2,6 @@
 seglab entry point that reads weights or training state, with a CheckpointError (or exit code 2), and the
 command does not run. Damaged files are refused the same way."""
 
-import builtins
-import os
 import pickle
 import struct
 
@@ -26,26 +24,7 @@ from seglab.checkpoint import (
 from seglab.cli import main as cli_main
 from seglab.convert.torchvision import convert_torchvision
 from seglab.errors import CheckpointError
-
-
-class _RunsShell:
-    """Unpickling this object runs ``touch marker`` (os.system)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-class _RunsPython:
-    """Unpickling this object writes ``marker`` from Python (builtins.exec): no shell needed."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (builtins.exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+from tests.payloads import RunsPython, RunsShell
 
 
 def _write(path, obj, how):
@@ -58,10 +37,10 @@ def _write(path, obj, how):
 
 
 EVIL_KINDS = [
-    ("torch.save", _RunsShell, "weights.pth"),
-    ("pickle", _RunsShell, "weights.pt"),
-    ("torch.save", _RunsPython, "weights.bin"),
-    ("pickle", _RunsPython, "weights.pth"),
+    ("torch.save", RunsShell, "weights.pth"),
+    ("pickle", RunsShell, "weights.pt"),
+    ("torch.save", RunsPython, "weights.bin"),
+    ("pickle", RunsPython, "weights.pth"),
 ]
 
 
@@ -103,7 +82,7 @@ def test_library_readers_refuse_and_run_nothing(tmp_path, how, payload, name):
 
 
 def test_refusal_names_the_blocked_call(tmp_path):
-    path, marker = _evil_weights(tmp_path, "torch.save", _RunsShell, "w.pth")
+    path, marker = _evil_weights(tmp_path, "torch.save", RunsShell, "w.pth")
     with pytest.raises(CheckpointError, match="system") as err:
         load_state_dict(path)
     assert "UnpicklingError" in str(err.value)
@@ -111,7 +90,7 @@ def test_refusal_names_the_blocked_call(tmp_path):
 
 
 def test_cli_convert_and_predict_refuse(tmp_path, capsys):
-    path, marker = _evil_weights(tmp_path, "torch.save", _RunsShell, "evil.pth")
+    path, marker = _evil_weights(tmp_path, "torch.save", RunsShell, "evil.pth")
     out = tmp_path / "converted.safetensors"
     assert cli_main(["convert", "torchvision", "lraspp_mobilenet_v3_large", str(path), str(out)]) == 2
     assert "evil.pth" in capsys.readouterr().err
@@ -140,7 +119,7 @@ def test_resume_from_malicious_training_state_refuses(demo_root, tmp_path, capsy
     (tmp_path / "evil.yaml").write_text(yaml.safe_dump(config))
     ckpt = tmp_path / "evil" / "checkpoints"
     ckpt.mkdir(parents=True)
-    _write(ckpt / "last_state.pt", {"iteration": 1, "optimizer": _RunsPython(marker)}, "torch.save")
+    _write(ckpt / "last_state.pt", {"iteration": 1, "optimizer": RunsPython(marker)}, "torch.save")
     assert cli_main(["train", str(tmp_path / "evil.yaml"), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "last_state.pt: refused to load training state" in err
