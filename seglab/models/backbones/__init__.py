@@ -10,6 +10,7 @@ by every family that needs it (model files import their backbone from here, neve
   VGG16-BN;
 - :mod:`~seglab.models.backbones.mobilenetv3`: dilated MobileNetV3-Large/Small features;
 - :mod:`~seglab.models.backbones.swin`: Swin-T/S/B stage features;
+- :mod:`~seglab.models.backbones.convnext`: ConvNeXt-T/S/B stage features with per-stage output norms;
 - :mod:`~seglab.models.backbones.fpn`: torchvision's FPN backbones of the R-CNNs.
 
 ``pretrained_backbone`` (the option of every factory with a backbone) is resolved by

@@ -1,36 +1,51 @@
-"""UperNet on a Swin Transformer (Swin-T / S / B), as the Swin segmentation repository configures it.
+"""UperNet on a Swin Transformer (Swin-T / S / B) or a ConvNeXt (ConvNeXt-T / S / B), as mmseg configures them.
 
-Papers: Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo, "Swin Transformer: Hierarchical Vision Transformer using Shifted
-Windows", ICCV 2021, arXiv 2103.14030; Xiao, Liu, Zhou, Jiang, Sun, "Unified Perceptual Parsing for Scene
-Understanding", ECCV 2018, arXiv 1807.10221. Setting: mmseg's ``configs/_base_/models/upernet_swin.py`` as used by
-SwinTransformer/Swin-Transformer-Semantic-Segmentation (ADE20K, 150 classes, 512x512 crops).
+Papers: Xiao, Liu, Zhou, Jiang, Sun, "Unified Perceptual Parsing for Scene Understanding", ECCV 2018, arXiv
+1807.10221; Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo, "Swin Transformer: Hierarchical Vision Transformer using
+Shifted Windows", ICCV 2021, arXiv 2103.14030; Liu, Mao, Wu, Feichtenhofer, Darrell, Xie, "A ConvNet for the
+2020s", CVPR 2022, arXiv 2201.03545. Setting: mmseg's ``configs/_base_/models/upernet_swin.py`` as used by
+SwinTransformer/Swin-Transformer-Semantic-Segmentation, and mmseg's ``configs/convnext`` UperNet configs (ADE20K,
+150 classes, 512x512 crops); the networks of transformers' ``UperNetForSemanticSegmentation`` (the
+openmmlab/upernet-swin-* and upernet-convnext-* checkpoints, which :mod:`seglab.convert.hf` converts).
 
-Faithful: the backbone (:mod:`seglab.models.backbones.swin`) is torchvision's ``swin_t`` / ``swin_s`` / ``swin_b``
-(patch 4, window 7; embed 96/96/128, depths 2-2-6-2 / 2-2-18-2 / 2-2-18-2), its ``features`` split after each of the
-4 stages (strides 4, 8, 16, 32), each stage output passed through its own LayerNorm (the segmentation repo's
-``out_indices`` norms) and permuted from NHWC to NCHW; torchvision's final ``norm`` and classifier ``head`` are
-dropped. Stochastic depth 0.3 (the configs' ``drop_path_rate``), increasing linearly over the blocks as in both
-implementations. The UperHead (:class:`UperHead`): a PPM (pool scales 1, 2, 3, 6; 1x1 conv 512 + BN + ReLU each,
+Faithful: the Swin backbone (:mod:`seglab.models.backbones.swin`) is torchvision's ``swin_t`` / ``swin_s`` /
+``swin_b`` (patch 4, window 7; embed 96/96/128, depths 2-2-6-2 / 2-2-18-2 / 2-2-18-2), its ``features`` split
+after each of the 4 stages (strides 4, 8, 16, 32), each stage output passed through its own LayerNorm (the
+segmentation repo's ``out_indices`` norms) and permuted from NHWC to NCHW; torchvision's final ``norm`` and
+classifier ``head`` are dropped. It pads inside as mmseg's and transformers' Swin do (input to a multiple of the
+patch, odd sides before patch merging, each block's map to a multiple of the window, then cropped) and shifts the
+windows at every size as they do (torchvision's classifier does not: see that module). Stochastic depth 0.3 (the
+configs' ``drop_path_rate``), increasing linearly over the blocks. The ConvNeXt backbone
+(:mod:`seglab.models.backbones.convnext`) is torchvision's ``convnext_tiny`` / ``_small`` / ``_base`` features
+with a LayerNorm (eps 1e-6) on each stage output, drop path 0.4 / 0.3 / 0.4 and layer scale initialised to 1.0
+(mmseg's configs). The UperHead (:class:`UperHead`): a PPM (pool scales 1, 2, 3, 6; 1x1 conv 512 + BN + ReLU each,
 upsampled and concatenated with the last stage, then a 3x3 conv 512) on stage 4; 1x1 lateral convs (512) on stages
 1-3; a top-down pathway adding the upsampled coarser level; 3x3 FPN convs (512) on levels 1-3; the 4 levels
 upsampled to stride 4 and concatenated (4 x 512 channels), a 3x3 conv 512 bottleneck, dropout 0.1 and a 1x1
 classifier. All convs of the head are conv + BN + ReLU without conv bias (mmseg's ``ConvModule``). The auxiliary FCN
 head (:class:`AuxFCNHead`) on stage 3: one 3x3 conv 256 + BN + ReLU, dropout 0.1, 1x1 classifier (mmseg's
 ``FCNHead`` with ``num_convs=1, channels=256, concat_input=False``); its loss weight in the paper's setting is 0.4
-(the training configuration's business, not the model's).
+(the training configuration's business, not the model's). The logits are upsampled bilinearly
+(``align_corners=False``) to the input size. With equal weights, seglab's logits equal transformers' at every
+input size (tests/test_convert_hf.py: 512x512, 224x224, 192x192, 512x224, 500x500, 200x296).
 
-Deviations: the input is zero-padded (right, bottom) to a multiple of 32 inside ``forward`` and the logits are
-cropped back, so any H, W works (mmseg pads in its data pipeline instead). The output contract is seglab's
-(eval: logits ``[B, K, H, W]`` at the input size; train: ``{"out": logits, "aux": [aux_logits]}`` when
-``aux_loss``). The Swin blocks are torchvision's: its state dicts load (``pretrained_backbone``), not the Swin
-repo's (different key names; same tensors). The PPM's adaptive pooling is
+Deviations: the output contract is seglab's (eval: logits ``[B, K, H, W]`` at the input size; train: ``{"out":
+logits, "aux": [aux_logits]}`` when ``aux_loss``). The backbones are torchvision's modules: its state dicts load
+(``pretrained_backbone``), not mmseg's (different key names; same tensors). The PPM's adaptive pooling is
 :class:`seglab.models.layers.AdaptiveAvgPool2d` (torch's bins, computed as products with averaging matrices; equal
-to ``nn.AdaptiveAvgPool2d`` to float rounding), so the model exports to ONNX with a dynamic input size.
+to ``nn.AdaptiveAvgPool2d`` to float rounding), so the model exports to ONNX with a dynamic input size. An input
+side below 32 pixels, which ConvNeXt's four strided convs cannot take (mmseg and transformers fail there), is
+zero-padded to 32 and the logits cropped back (in eager mode; an ONNX export takes sides of at least 32).
 
 Parameters at 150 classes with the aux head (``sum(p.numel())``): upernet_swin_t 59,941,862, upernet_swin_s
 81,259,766, upernet_swin_b 121,279,716, equal to the reference counts: torchvision's Swin without its final norm
 and head, plus the 4 output norms, has exactly the parameters of mmseg's Swin (the relative-position-bias tables
-are ``(2*7-1)^2 x heads`` in both; only their key layout differs).
+are ``(2*7-1)^2 x heads`` in both; only their key layout differs). upernet_convnext_t 60,242,636, upernet_convnext_s
+81,877,196, upernet_convnext_b 122,102,956: equal to transformers' ``UperNetForSemanticSegmentation`` built from the
+openmmlab/upernet-convnext-{tiny,small,base} configurations (counted in tests/test_convert_hf.py), and the 60M /
+82M / 122M the ConvNeXt paper's ADE20K table gives for UperNet ConvNeXt-T / S / B (mmseg's configs/convnext README
+lists no parameter counts). transformers' Swin UperNet has 1,536 / 1,536 / 2,048 more: the unused final LayerNorm
+of its ``SwinModel``, which ``SwinBackbone`` never applies (the converter drops it).
 """
 
 from __future__ import annotations
@@ -41,8 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab.models.backbones.swin import SwinFeatures, swin_features
-from seglab.models.layers import AdaptiveAvgPool2d, ConvBNAct, pad_to_multiple, resize_logits, seg_output
+from seglab.models.backbones.convnext import convnext_features
+from seglab.models.backbones.swin import swin_features
+from seglab.models.layers import AdaptiveAvgPool2d, ConvBNAct, resize_logits, seg_output
 from seglab.registry import register_model
 
 __all__ = [
@@ -50,6 +66,10 @@ __all__ = [
     "PyramidPoolingModule",
     "UperHead",
     "UperNet",
+    "upernet_convnext",
+    "upernet_convnext_b",
+    "upernet_convnext_s",
+    "upernet_convnext_t",
     "upernet_swin",
     "upernet_swin_b",
     "upernet_swin_s",
@@ -123,8 +143,9 @@ class AuxFCNHead(nn.Sequential):
 class UperNet(nn.Module):
     """Backbone (4 levels) -> :class:`UperHead` (and the aux head on level 3 while training), at input size.
 
-    The input is zero-padded to a multiple of ``size_divisor`` (32, Swin's total stride) and the logits, upsampled
-    to the padded size, are cropped back to the input.
+    The backbone takes the image as it is (Swin pads inside, ConvNeXt floors, as mmseg and transformers do); the
+    logits are upsampled bilinearly to the input size. Only a side below ``min_size`` (32 for ConvNeXt, whose four
+    strided convs need 32 pixels) is zero-padded (right, bottom) to it, the logits then cropped back.
 
     ``channels_last_inference = False`` tells the fast inference path (seglab.engine.fast) to keep NCHW: the head's
     3x3 conv over 2048 concatenated channels at 1/4 scale runs slower channels-last in fp32 (upernet_swin_t,
@@ -135,21 +156,22 @@ class UperNet(nn.Module):
 
     def __init__(
         self,
-        backbone: SwinFeatures,
+        backbone: nn.Module,
         decode_head: UperHead,
         aux_head: nn.Module | None = None,
         *,
-        size_divisor: int = 32,
+        min_size: int = 1,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.decode_head = decode_head
         self.aux_head = aux_head
-        self.size_divisor = size_divisor
+        self.min_size = min_size
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor | list[Tensor]]:
         h, w = x.shape[-2:]
-        x = pad_to_multiple(x, self.size_divisor)
+        if not torch.jit.is_tracing() and (h < self.min_size or w < self.min_size):  # exported: sides >= min_size
+            x = F.pad(x, (0, max(self.min_size - w, 0), 0, max(self.min_size - h, 0)))
         padded = x.shape[-2:]
         features = self.backbone(x)
         out = resize_logits(self.decode_head(features), padded)[..., :h, :w]
@@ -203,3 +225,54 @@ def upernet_swin_s(**kwargs: Any) -> UperNet:
 def upernet_swin_b(**kwargs: Any) -> UperNet:
     """UperNet on Swin-B (embed 128, depths 2-2-18-2); ``kwargs`` as :func:`upernet_swin_t`."""
     return upernet_swin("b", **kwargs)
+
+
+def upernet_convnext(
+    variant: str,
+    *,
+    num_classes: int = 150,
+    aux_loss: bool = True,
+    pretrained_backbone: bool | str = False,
+    drop_path_rate: float | None = None,
+    layer_scale: float = 1.0,
+) -> UperNet:
+    """UperNet on torchvision's ConvNeXt ``variant`` ("t", "s" or "b"), with the aux FCN head on stage 3 when
+    ``aux_loss``; ``drop_path_rate`` defaults to mmseg's config (0.4 / 0.3 / 0.4), ``layer_scale`` is the layer
+    scale's initial value (mmseg's 1.0)."""
+    backbone = convnext_features(
+        variant, pretrained=pretrained_backbone, drop_path_rate=drop_path_rate, layer_scale=layer_scale
+    )
+    channels = backbone.out_channels
+    decode_head = UperHead(channels, num_classes)
+    aux_head = AuxFCNHead(channels[2], num_classes) if aux_loss else None
+    return UperNet(backbone, decode_head, aux_head, min_size=32)
+
+
+_CONVNEXT_PAPER = {
+    **_PAPER,
+    "paper": "A ConvNet for the 2020s",
+    "year": 2022,
+    "url": "https://arxiv.org/abs/2201.03545",
+}
+
+
+@register_model(**_CONVNEXT_PAPER, paper_params=60_242_636)
+def upernet_convnext_t(**kwargs: Any) -> UperNet:
+    """UperNet on ConvNeXt-T (widths 96-192-384-768, depths 3-3-9-3, drop path 0.4); ``kwargs`` are
+    :func:`upernet_convnext`'s (``num_classes``, ``aux_loss``, ``pretrained_backbone``, ``drop_path_rate``,
+    ``layer_scale``)."""
+    return upernet_convnext("t", **kwargs)
+
+
+@register_model(**_CONVNEXT_PAPER, paper_params=81_877_196)
+def upernet_convnext_s(**kwargs: Any) -> UperNet:
+    """UperNet on ConvNeXt-S (widths 96-192-384-768, depths 3-3-27-3, drop path 0.3); ``kwargs`` as
+    :func:`upernet_convnext_t`."""
+    return upernet_convnext("s", **kwargs)
+
+
+@register_model(**_CONVNEXT_PAPER, paper_params=122_102_956)
+def upernet_convnext_b(**kwargs: Any) -> UperNet:
+    """UperNet on ConvNeXt-B (widths 128-256-512-1024, depths 3-3-27-3, drop path 0.4); ``kwargs`` as
+    :func:`upernet_convnext_t`."""
+    return upernet_convnext("b", **kwargs)
