@@ -88,6 +88,23 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return decode_json_values({k: v for k, v in raw.items() if k != CHECKSUM_KEY})
 
 
+def read_checksum(path: str | Path) -> str | None:
+    """The SHA-256 a seglab safetensors file stores of its content (None for a file written without one)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(CHECKSUM_KEY)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    if raw is None:
+        return None
+    try:
+        return str(json.loads(raw))
+    except json.JSONDecodeError:
+        return raw
+
+
 def load_state_dict(path: str | Path, *, verify: bool = True) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or, safely, from ``.pth``/``.pt``/``.bin``.
 
@@ -192,6 +209,29 @@ def foreign_key_problems(
     counter = ".num_batches_tracked"
     own = {to_foreign(k): v for k, v in model.state_dict().items() if not k.endswith(counter)}
     return state_dict_problems(own, {k: v for k, v in given.items() if not k.endswith(counter)})
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in the file ``path`` (a model folder's config.json); a CheckpointError naming the file when
+    it cannot be read, is not JSON or is not an object."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return config
+
+
+def rename_prefix(key: str, modules: Mapping[str, str]) -> str:
+    """``key`` with its longest module prefix found in ``modules`` replaced (unchanged when none is): how the
+    converters map another library's state-dict keys onto seglab's module names."""
+    parts = key.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        new = modules.get(".".join(parts[:cut]))
+        if new is not None:
+            return ".".join([new, *parts[cut:]])
+    return key
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:

@@ -9,9 +9,18 @@
   (DeepLab-v2's ResNet, as PGN's reference code); ``multi_grid`` gives layer4's blocks DeepLabv3's Multi-grid
   rates (the unit rate times the grid). :func:`resnet_features` wraps the network in torchvision's
   ``IntermediateLayerGetter``, which returns the named layers and drops what follows the last one (avgpool, fc).
-- :class:`DeepStemResNet` (ResNet "v1c": three 3x3 convs in place of the 7x7 stem, layer4 dilated 2 in every
-  block, output stride 16) and :func:`load_deep_stem_weights`, CSAIL's ImageNet files for it: the backbone of
-  SCHP's CE2P (:mod:`seglab.models.parsing.ce2p`).
+- :class:`DeepStemResNet`: the ResNet "v1c" of Bag of Tricks (He et al., CVPR 2019, arXiv 1812.01187): three 3x3
+  convs in place of the 7x7 stem, torchvision's blocks, per-stage strides and dilations. Two settings of it:
+
+  - SCHP's (:func:`deep_stem_resnet`, the backbone of :mod:`seglab.models.parsing.ce2p`): stem 64-64-128, layer4 at
+    stride 1 and rate 2 in every block (output stride 16); :func:`load_deep_stem_weights` loads CSAIL's ImageNet
+    files for it.
+  - mmsegmentation's ``ResNetV1c`` (:func:`resnet_v1c`, the backbone of its FCN, DeepLabv3 and Semantic FPN
+    models): stem 32-32-64; output stride 8 ("-d8") is strides (1, 2, 1, 1) and rates (1, 1, 2, 4) with
+    ``contract_dilation`` (the first block of a dilated stage at half its rate: layer3 1, 2, 2 ...; layer4 2, 4,
+    4), which is the rate pattern of torchvision's ``replace_stride_with_dilation``; output stride 32 is strides
+    (1, 2, 2, 2) without dilation. :func:`load_resnet_v1c_weights` loads open-mmlab's ImageNet files
+    (``resnet50_v1c-2cccc1ad.pth``, ...), whose stem is a Sequential ``stem.0 .. stem.7`` (:data:`V1C_STEM_KEYS`).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from torchvision.models import (
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from seglab.checkpoint import load_into, load_state_dict
+from seglab.checkpoint import load_into, load_state_dict, rename_prefix
 from seglab.errors import CheckpointError
 from seglab.models.backbones import load_backbone_weights
 
@@ -43,11 +52,16 @@ __all__ = [
     "CSAIL_URL",
     "DEEP_STEM_LAYERS",
     "RESNETS",
+    "MMSEG_V1C_URL",
+    "V1C_STEM_KEYS",
     "DeepStemResNet",
     "deep_stem_resnet",
     "load_deep_stem_weights",
+    "load_resnet_v1c_weights",
     "resnet",
     "resnet_features",
+    "resnet_v1c",
+    "resnet_v1c_features",
 ]
 
 # depth -> (torchvision builder, its weights enum)
@@ -133,33 +147,53 @@ DEEP_STEM_LAYERS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, int,
 
 
 class DeepStemResNet(nn.Module):
-    """ResNet with the three-conv stem; layer4 stride 1 and dilation 2 (output stride 16).
+    """ResNet with the three-conv stem, each stage at its own stride and dilation.
 
-    ``forward`` returns the outputs of layer1..layer4 (strides 4, 8, 16, 16); ``out_channels`` their widths.
-    Attribute names are SCHP's (and CSAIL's deep-stem ImageNet files'): conv1..3, bn1..3, layer1..4.
+    ``forward`` returns the outputs of layer1..layer4; ``out_channels`` their widths. Attribute names are SCHP's
+    (and CSAIL's deep-stem ImageNet files'): conv1..3, bn1..3, layer1..4; the blocks are torchvision's.
+
+    Args:
+        stem_channels: the widths of the three stem convs (3x3, the first at stride 2; each + BN + ReLU; then a
+            3x3/2 max-pool). SCHP: 64, 64, 128; mmsegmentation's ResNetV1c: 32, 32, 64.
+        strides: the stride of each stage's first block (on the 3x3 conv: torchvision's "pytorch" style).
+        dilations: the rate of each stage's 3x3 convs.
+        contract_dilation: the first block of a stage with rate > 1 runs at half the rate (mmsegmentation's
+            ``contract_dilation``); without it every block runs at the stage's rate (SCHP). The defaults are
+            SCHP's network (output stride 16).
     """
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int]) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: tuple[int, int, int, int],
+        *,
+        stem_channels: tuple[int, int, int] = (64, 64, 128),
+        strides: tuple[int, int, int, int] = (1, 2, 2, 1),
+        dilations: tuple[int, int, int, int] = (1, 1, 1, 2),
+        contract_dilation: bool = False,
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        c1, c2, c3 = stem_channels
+        self.conv1 = nn.Conv2d(3, c1, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1)
         self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(64)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
         self.relu2 = nn.ReLU(inplace=True)
-        self.conv3 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(128)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c3)
         self.relu3 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self._inplanes = 128
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=1, dilation=2)
+        self._inplanes = c3
+        self._contract_dilation = contract_dilation
+        self.layer1 = self._make_layer(block, 64, layers[0], strides[0], dilations[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], strides[1], dilations[1])
+        self.layer3 = self._make_layer(block, 256, layers[2], strides[2], dilations[2])
+        self.layer4 = self._make_layer(block, 512, layers[3], strides[3], dilations[3])
         self.out_channels = tuple(w * block.expansion for w in (64, 128, 256, 512))
 
-    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1,
-                    dilation: int = 1) -> nn.Sequential:
+    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int,
+                    dilation: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self._inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -169,13 +203,14 @@ class DeepStemResNet(nn.Module):
         layers = [block(self._inplanes, planes, stride, downsample)]
         self._inplanes = planes * block.expansion
         layers += [block(self._inplanes, planes) for _ in range(1, blocks)]
-        if dilation > 1:
-            # SCHP dilates every block of the layer, the first included (torchvision's replace_stride_with_dilation
-            # leaves the first at 1, and its BasicBlock refuses dilation), so the 3x3 convs are dilated here.
-            for layer in layers:
+        first_rate = dilation // 2 if self._contract_dilation and dilation > 1 else dilation
+        # The rates are set on the built blocks' 3x3 convs (torchvision's BasicBlock refuses a dilation argument;
+        # for it both 3x3 convs are dilated, as SCHP's ResNet-18).
+        for layer, rate in zip(layers, [first_rate] + [dilation] * (blocks - 1), strict=True):
+            if rate > 1:
                 for conv in layer.modules():
                     if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
-                        _set_rate(conv, dilation)
+                        _set_rate(conv, rate)
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -188,30 +223,42 @@ class DeepStemResNet(nn.Module):
         return c2, c3, c4, self.layer4(c4)
 
 
+def _load_stem_file(
+    backbone: nn.Module, spec: bool | str | None, url: str, what: str, rename: Mapping[str, str] | None = None
+) -> None:
+    """Load the ImageNet file ``spec`` (a local path) published at ``url`` into ``backbone``: ``module.`` and the
+    classifier ``fc.*`` dropped, module prefixes renamed by ``rename``; ``True`` raises a CheckpointError saying
+    where the file is published and how to pass it (``what`` names it)."""
+    if spec is None or spec is False:
+        return
+    filename = url.rsplit("/", 1)[-1]
+    if spec is True:
+        raise CheckpointError(
+            f"the {what} ImageNet weights are {url}, not a torchvision model, and seglab does not download them. "
+            f'Download that file on a machine with network access and pass its path: pretrained_backbone="/path/'
+            f'{filename}"'
+        )
+    if not isinstance(spec, str):
+        raise TypeError(f"pretrained_backbone must be a bool or a str, got {type(spec).__name__}")
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{spec}: pretrained_backbone file not found (expected {filename}, from {url})")
+    state_dict = {k.removeprefix("module."): v for k, v in load_state_dict(path).items()}
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    if rename:
+        state_dict = {rename_prefix(k, rename): v for k, v in state_dict.items()}
+    load_into(backbone, state_dict, f"{path} (expected the {what} file {filename})")
+
+
+
+
 def load_deep_stem_weights(backbone: DeepStemResNet, spec: bool | str | None, depth: int) -> None:
     """Load CSAIL's deep-stem ImageNet ResNet (``resnet{depth}-imagenet.pth``) from a local file into ``backbone``.
 
     ``True`` raises :class:`~seglab.errors.CheckpointError` saying where the file is published and how to pass
     it: these are not torchvision weights, and seglab does not download them. The file's ``fc.*`` is dropped.
     """
-    if spec is None or spec is False:
-        return
-    url = CSAIL_URL.format(depth=depth)
-    filename = url.rsplit("/", 1)[-1]
-    if spec is True:
-        raise CheckpointError(
-            f"the deep-stem ResNet-{depth} ImageNet weights SCHP starts from are CSAIL's {url}, not a torchvision "
-            f"model, and seglab does not download them. Download that file on a machine with network access and "
-            f'pass its path: pretrained_backbone="/path/{filename}"'
-        )
-    if not isinstance(spec, str):
-        raise TypeError(f"pretrained_backbone must be a bool or a str, got {type(spec).__name__}")
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{spec}: pretrained_backbone file not found (expected CSAIL's {filename}, from {url})")
-    state_dict = {k.removeprefix("module."): v for k, v in load_state_dict(path).items()}
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    load_into(backbone, state_dict, f"{path} (expected CSAIL's deep-stem {filename})")
+    _load_stem_file(backbone, spec, CSAIL_URL.format(depth=depth), f"deep-stem ResNet-{depth} (CSAIL's, SCHP's)")
 
 
 def deep_stem_resnet(depth: int, *, pretrained: bool | str = False) -> DeepStemResNet:
@@ -222,3 +269,55 @@ def deep_stem_resnet(depth: int, *, pretrained: bool | str = False) -> DeepStemR
     backbone = DeepStemResNet(block, layers)
     load_deep_stem_weights(backbone, pretrained, depth)
     return backbone
+
+
+# ---------------------------------------------------------------- mmsegmentation's ResNetV1c
+
+# open-mmlab's ImageNet ResNetV1c files (mmseg's ``pretrained='open-mmlab://resnet50_v1c'``), by depth
+MMSEG_V1C_URL = {
+    50: "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
+    101: "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
+}
+# mmseg's stem Sequential (conv, BN, ReLU three times) -> DeepStemResNet's names
+V1C_STEM_KEYS = {
+    "stem.0": "conv1", "stem.1": "bn1", "stem.3": "conv2", "stem.4": "bn2", "stem.6": "conv3", "stem.7": "bn3",
+}
+# output stride -> mmseg's per-stage strides and dilations (with contract_dilation)
+_V1C_STAGES = {
+    8: ((1, 2, 1, 1), (1, 1, 2, 4)),
+    16: ((1, 2, 2, 1), (1, 1, 1, 2)),
+    32: ((1, 2, 2, 2), (1, 1, 1, 1)),
+}
+
+
+def load_resnet_v1c_weights(backbone: DeepStemResNet, spec: bool | str | None, depth: int) -> None:
+    """Load open-mmlab's ImageNet ResNetV1c-``depth`` (``resnet{depth}_v1c-*.pth``) from a local file: its
+    ``stem.N`` keys renamed (:data:`V1C_STEM_KEYS`), ``fc.*`` dropped; ``True`` says where the file is."""
+    _load_stem_file(backbone, spec, MMSEG_V1C_URL[depth], f"ResNetV1c-{depth} (open-mmlab's)", V1C_STEM_KEYS)
+
+
+def resnet_v1c(depth: int, *, pretrained: bool | str = False, output_stride: int = 8) -> DeepStemResNet:
+    """mmsegmentation's ``ResNetV1c``-``depth`` (50 or 101): stem 32-32-64, at ``output_stride`` 8 (its "-d8":
+    strides 1, 2, 1, 1, rates 1, 1, 2, 4, contract_dilation), 16 (strides 1, 2, 2, 1, rates 1, 1, 1, 2) or 32
+    (strides 1, 2, 2, 2, no dilation); open-mmlab's ImageNet file loaded when ``pretrained`` names it."""
+    if depth not in MMSEG_V1C_URL:
+        raise ValueError(f"ResNetV1c depth must be one of {', '.join(map(str, MMSEG_V1C_URL))}, got {depth}")
+    if output_stride not in _V1C_STAGES:
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    strides, dilations = _V1C_STAGES[output_stride]
+    block, layers = DEEP_STEM_LAYERS[depth]
+    backbone = DeepStemResNet(
+        block, layers, stem_channels=(32, 32, 64), strides=strides, dilations=dilations, contract_dilation=True
+    )
+    load_resnet_v1c_weights(backbone, pretrained, depth)
+    return backbone
+
+
+def resnet_v1c_features(
+    depth: int, return_layers: Mapping[str, str], *, pretrained: bool | str = False, output_stride: int = 8
+) -> IntermediateLayerGetter:
+    """:func:`resnet_v1c` returning the outputs of ``return_layers`` (``layer1`` .. ``layer4`` -> output key) as a
+    dict, as :func:`resnet_features` does; the modules keep DeepStemResNet's names (``conv1.weight``, ``layer1.0.
+    conv1.weight`` ...). Its children are registered in the order they run, as IntermediateLayerGetter needs."""
+    network = resnet_v1c(depth, pretrained=pretrained, output_stride=output_stride)
+    return IntermediateLayerGetter(network, return_layers=dict(return_layers))

@@ -32,6 +32,24 @@ are built in every mode, so they are counted by ``sum(p.numel())``.
 Parameters at 19 classes (``sum(p.numel())``), equal to CoinCheung's:
 bisenetv1_resnet18 13,425,721 with the two aux heads, 13,275,539 without (eval);
 bisenetv2 5,231,487 with the four boosters, 3,358,627 without (eval).
+
+mmsegmentation's BiSeNets (``mmseg/models/backbones/bisenetv1.py``, ``bisenetv2.py`` with ``FCNHead`` decode and
+auxiliary heads, configs ``bisenetv1_r18-d32`` and ``bisenetv2``), which its released checkpoints need, are the
+same networks but for a few layers; ``bisenetv1_resnet18_mmseg`` and ``bisenetv2_mmseg`` build them, with the
+smallest change each (compared layer by layer; the converter is :mod:`seglab.convert.mmseg`):
+
+- v1: the Feature Fusion Module's channel attention is 1x1 conv + BN + **ReLU** + sigmoid (mmseg's ``ConvModule``
+  with its default activation; CoinCheung has no ReLU, so mmseg's attention weights are never below 0.5). All else
+  matches: a plain ResNet-18 context path (mmseg's ``ResNet``, depth 18, ``style='pytorch'``: torchvision's stem,
+  not the deep V1c stem, even in the ``in1k-pre`` configs), the same spatial path, ARMs, global context, and the
+  FCN heads (3x3 conv 256 + 1x1; aux: 3x3 conv 64 + 1x1 on the stride-8 and stride-16 context outputs).
+  Parameters 13,425,721 at 19 classes, as mmseg's and CoinCheung's (a ReLU has none).
+- v2: the guided aggregation upsamples its stride-32 inputs **bilinearly** (CoinCheung: nearest), and its two
+  depthwise-separable branches' 1x1 convs have a **bias** (mmseg's ``DepthwiseSeparableConvModule`` with no norm
+  after the pointwise conv); the four boosters are mmseg's ``FCNHead(num_convs=2)``: two 3x3 ConvBNReLU at 16,
+  64, 256, 1024 channels (stem, GE stages 3, 4, 5), dropout 0.1 and a 1x1 classifier, with no 2x upsampling
+  (:class:`FCNBooster`). Parameters at 19 classes: 14,804,255 with the boosters, equal to mmseg's
+  ``bisenetv2_fcn`` model; 3,358,883 without (CoinCheung's 3,358,627 plus the 256 biases).
 """
 
 from __future__ import annotations
@@ -50,11 +68,14 @@ __all__ = [
     "BiSeNetV2",
     "BilateralGuidedAggregation",
     "ContextEmbedding",
+    "FCNBooster",
     "FeatureFusionModule",
     "GatherExpansion",
     "StemBlock",
     "bisenetv1_resnet18",
+    "bisenetv1_resnet18_mmseg",
     "bisenetv2",
+    "bisenetv2_mmseg",
 ]
 
 
@@ -64,8 +85,9 @@ def _upsample(x: Tensor, size: torch.Size | tuple[int, int], mode: str = "biline
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
-def _channel_attention(feat: Tensor, conv: nn.Module, bn: nn.Module) -> Tensor:
-    return torch.sigmoid(bn(conv(feat.mean(dim=(2, 3), keepdim=True))))
+def _channel_attention(feat: Tensor, conv: nn.Module, bn: nn.Module, relu: bool = False) -> Tensor:
+    logits = bn(conv(feat.mean(dim=(2, 3), keepdim=True)))
+    return torch.sigmoid(F.relu(logits) if relu else logits)
 
 
 class _Outputs:
@@ -103,17 +125,21 @@ class AttentionRefinementModule(nn.Module):
 
 
 class FeatureFusionModule(nn.Module):
-    """Concatenate spatial and context features, 1x1 conv, and add the channel-attention-weighted copy."""
+    """Concatenate spatial and context features, 1x1 conv, and add the channel-attention-weighted copy.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    ``atten_relu``: a ReLU between the attention's BN and its sigmoid (mmseg's layout; CoinCheung has none).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, atten_relu: bool = False) -> None:
         super().__init__()
         self.fuse = ConvBNAct(in_channels, out_channels, 1)
         self.conv_atten = nn.Conv2d(out_channels, out_channels, 1, bias=False)
         self.bn_atten = nn.BatchNorm2d(out_channels)
+        self.atten_relu = atten_relu
 
     def forward(self, spatial: Tensor, context: Tensor) -> Tensor:
         feat = self.fuse(torch.cat([spatial, context], dim=1))
-        return feat + feat * _channel_attention(feat, self.conv_atten, self.bn_atten)
+        return feat + feat * _channel_attention(feat, self.conv_atten, self.bn_atten, self.atten_relu)
 
 
 class ContextPath(nn.Module):
@@ -147,9 +173,12 @@ class OutputHead(nn.Sequential):
 
 
 class BiSeNetV1(_Outputs, nn.Module):
-    """Spatial path + context path -> Feature Fusion Module -> output head; two aux heads in training."""
+    """Spatial path + context path -> Feature Fusion Module -> output head; two aux heads in training.
 
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+    ``ffm`` replaces the default (CoinCheung's) Feature Fusion Module of 256 channels.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, *, ffm: FeatureFusionModule | None = None) -> None:
         super().__init__()
         self.spatial_path = nn.Sequential(
             ConvBNAct(3, 64, 7, stride=2),
@@ -158,7 +187,7 @@ class BiSeNetV1(_Outputs, nn.Module):
             ConvBNAct(64, 128, 1),
         )
         self.context_path = ContextPath(backbone)
-        self.ffm = FeatureFusionModule(256, 256)
+        self.ffm = FeatureFusionModule(256, 256) if ffm is None else ffm
         self.head = OutputHead(256, 256, num_classes)
         self.aux_heads = nn.ModuleList([OutputHead(128, 64, num_classes), OutputHead(128, 64, num_classes)])
 
@@ -252,23 +281,32 @@ class SemanticBranch(nn.Module):
 
 
 class BilateralGuidedAggregation(nn.Module):
-    """Detail (stride 8) and semantic (stride 32) features gate each other with sigmoids; summed, 3x3 conv."""
+    """Detail (stride 8) and semantic (stride 32) features gate each other with sigmoids; summed, 3x3 conv.
 
-    def __init__(self, channels: int = 128) -> None:
+    ``upsample``: how the stride-32 gates reach stride 8 (CoinCheung: ``"nearest"``; mmseg: ``"bilinear"``);
+    ``pointwise_bias``: a bias on the 1x1 convs of the two depthwise-separable branches (mmseg's).
+    """
+
+    def __init__(self, channels: int = 128, *, upsample: str = "nearest", pointwise_bias: bool = False) -> None:
         super().__init__()
         c = channels
-        self.detail_keep = nn.Sequential(ConvBNAct(c, c, 3, groups=c, act=None), nn.Conv2d(c, c, 1, bias=False))
+        self.detail_keep = nn.Sequential(
+            ConvBNAct(c, c, 3, groups=c, act=None), nn.Conv2d(c, c, 1, bias=pointwise_bias)
+        )
         self.detail_down = nn.Sequential(ConvBNAct(c, c, 3, stride=2, act=None), nn.AvgPool2d(3, 2, padding=1))
         self.semantic_up = ConvBNAct(c, c, 3, act=None)
-        self.semantic_keep = nn.Sequential(ConvBNAct(c, c, 3, groups=c, act=None), nn.Conv2d(c, c, 1, bias=False))
+        self.semantic_keep = nn.Sequential(
+            ConvBNAct(c, c, 3, groups=c, act=None), nn.Conv2d(c, c, 1, bias=pointwise_bias)
+        )
         self.conv = ConvBNAct(c, c, 3)
+        self.upsample = upsample
 
     def forward(self, detail: Tensor, semantic: Tensor) -> Tensor:
         size = detail.shape[-2:]
-        semantic_up = _upsample(self.semantic_up(semantic), size, "nearest")
+        semantic_up = _upsample(self.semantic_up(semantic), size, self.upsample)
         left = self.detail_keep(detail) * torch.sigmoid(semantic_up)
-        right = _upsample(self.detail_down(detail) * torch.sigmoid(self.semantic_keep(semantic)), size, "nearest")
-        return self.conv(left + right)
+        right = self.detail_down(detail) * torch.sigmoid(self.semantic_keep(semantic))
+        return self.conv(left + _upsample(right, size, self.upsample))
 
 
 class SegHead(nn.Module):
@@ -289,10 +327,32 @@ class SegHead(nn.Module):
         return self.classifier(feat)
 
 
-class BiSeNetV2(_Outputs, nn.Module):
-    """Detail branch + semantic branch -> guided aggregation -> seg head; four boosters in training."""
+class FCNBooster(nn.Sequential):
+    """mmseg's BiSeNet v2 booster, ``FCNHead(num_convs=2)``: two 3x3 ConvBNReLU, dropout 0.1, 1x1 classifier."""
 
-    def __init__(self, num_classes: int, head_channels: int = 1024) -> None:
+    def __init__(self, in_channels: int, channels: int, num_classes: int) -> None:
+        super().__init__(
+            ConvBNAct(in_channels, channels, 3),
+            ConvBNAct(channels, channels, 3),
+            nn.Dropout2d(0.1),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+
+class BiSeNetV2(_Outputs, nn.Module):
+    """Detail branch + semantic branch -> guided aggregation -> seg head; four boosters in training.
+
+    ``aggregation`` and ``aux_heads`` replace the default (CoinCheung's) guided aggregation and boosters.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        head_channels: int = 1024,
+        *,
+        aggregation: BilateralGuidedAggregation | None = None,
+        aux_heads: nn.ModuleList | None = None,
+    ) -> None:
         super().__init__()
         self.detail_branch = nn.Sequential(
             ConvBNAct(3, 64, 3, stride=2),
@@ -305,9 +365,9 @@ class BiSeNetV2(_Outputs, nn.Module):
             ConvBNAct(128, 128, 3),
         )
         self.semantic_branch = SemanticBranch()
-        self.aggregation = BilateralGuidedAggregation(128)
+        self.aggregation = BilateralGuidedAggregation(128) if aggregation is None else aggregation
         self.head = SegHead(128, head_channels, num_classes)
-        self.aux_heads = nn.ModuleList(
+        self.aux_heads = aux_heads if aux_heads is not None else nn.ModuleList(
             [
                 SegHead(16, 128, num_classes, booster_up=4),
                 SegHead(32, 128, num_classes, booster_up=8),
@@ -354,3 +414,36 @@ def bisenetv1_resnet18(*, num_classes: int = 19, pretrained_backbone: bool | str
 def bisenetv2(*, num_classes: int = 19) -> BiSeNetV2:
     """BiSeNet v2 (CoinCheung's layout, head width 1024; 3,358,627 params without boosters at 19)."""
     return BiSeNetV2(num_classes)
+
+
+@register_model(
+    **_COMMON,
+    paper="BiSeNet: Bilateral Segmentation Network for Real-time Semantic Segmentation",
+    year=2018,
+    url="https://arxiv.org/abs/1808.00897",
+    paper_params=13_425_721,
+)
+def bisenetv1_resnet18_mmseg(*, num_classes: int = 19, pretrained_backbone: bool | str = False) -> BiSeNetV1:
+    """BiSeNet v1 (ResNet-18) in mmsegmentation's layout: a ReLU before the FFM attention's sigmoid (see the module
+    docstring); what mmseg's ``bisenetv1_r18-d32`` checkpoints load into. 13,425,721 params at 19 classes, as
+    mmseg's."""
+    backbone = resnet_features(18, {"layer3": "c4", "layer4": "c5"}, pretrained=pretrained_backbone)
+    return BiSeNetV1(backbone, num_classes, ffm=FeatureFusionModule(256, 256, atten_relu=True))
+
+
+@register_model(
+    **_COMMON,
+    paper="BiSeNet V2: Bilateral Network with Guided Aggregation for Real-time Semantic Segmentation",
+    year=2021,
+    url="https://arxiv.org/abs/2004.02147",
+    paper_params=14_804_255,
+)
+def bisenetv2_mmseg(*, num_classes: int = 19) -> BiSeNetV2:
+    """BiSeNet v2 in mmsegmentation's layout: bilinear upsampling and pointwise biases in the guided aggregation,
+    FCN boosters (see the module docstring); what mmseg's ``bisenetv2_fcn`` checkpoints load into. 14,804,255
+    params at 19 classes, as mmseg's (3,358,883 without the boosters)."""
+    boosters = nn.ModuleList(
+        FCNBooster(c_in, c, num_classes) for c_in, c in ((16, 16), (32, 64), (64, 256), (128, 1024))
+    )
+    aggregation = BilateralGuidedAggregation(128, upsample="bilinear", pointwise_bias=True)
+    return BiSeNetV2(num_classes, aggregation=aggregation, aux_heads=boosters)
