@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seglab.checkpoint import load_into, read_state_dict, save_weights, state_dict_problems
+from seglab.checkpoint import load_into, read_state_dict, rename_prefix, save_weights, state_dict_problems
 from seglab.errors import CheckpointError
 from seglab.models import create_model
 
@@ -146,25 +146,17 @@ _TO_SEGLAB = {"bisenetv1_resnet18": dict(_v1_modules()), "bisenetv2": dict(_v2_m
 _TO_BISENET = {model: {ours: theirs for theirs, ours in table.items()} for model, table in _TO_SEGLAB.items()}
 
 
-def _rename(key: str, modules: dict[str, str]) -> str:
-    """``key`` with its longest module prefix found in ``modules`` replaced (unchanged when none is)."""
-    parts = key.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        new = modules.get(".".join(parts[:cut]))
-        if new is not None:
-            return ".".join([new, *parts[cut:]])
-    return key
 
 
 def bisenet_to_seglab_key(key: str, model: str) -> str:
     """seglab's name of CoinCheung/BiSeNet's state-dict key ``key`` for ``model`` (``bisenetv1_resnet18`` or
     ``bisenetv2``); keys seglab has no counterpart for come back as they are."""
-    return _rename(key, _TO_SEGLAB[model])
+    return rename_prefix(key, _TO_SEGLAB[model])
 
 
 def seglab_to_bisenet_key(key: str, model: str) -> str:
     """CoinCheung/BiSeNet's name of seglab's ``model`` key ``key`` (inverse of :func:`bisenet_to_seglab_key`)."""
-    return _rename(key, _TO_BISENET[model])
+    return rename_prefix(key, _TO_BISENET[model])
 
 
 def _infer_model(state: _StateDict, source: str) -> str:
