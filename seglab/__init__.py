@@ -17,11 +17,13 @@ __all__ = [
     "Trainer",
     "count_parameters",
     "create_model",
+    "from_pretrained",
     "list_models",
     "load_model",
     "load_torchvision",
     "model_info",
     "register_model",
+    "save_pretrained",
 ]
 
 # name -> the module that defines it. These import torch; they load on first use, so `import seglab` stays light
@@ -32,7 +34,7 @@ _LAZY = {
     **dict.fromkeys(("InferenceOptions", "InstancePredictor", "Predictor"), "seglab.engine.inference"),
     "PeopleParser": "seglab.engine.people",
     "Trainer": "seglab.engine.trainer",
-    "load_model": "seglab.pretrained",
+    **dict.fromkeys(("from_pretrained", "load_model", "save_pretrained"), "seglab.pretrained"),
     "load_torchvision": "seglab.convert.torchvision",
 }
 

@@ -85,16 +85,19 @@ def _cmd_eval(args) -> int:
     cfg = load_config(resolve_config(args.config), args.overrides)
     label_set = label_set_for(cfg.data)
     if args.pred_dir:
-        if args.mode or args.tta or args.results_dir:
-            raise SystemExit("seglab eval: --pred-dir scores label maps already written; --mode, --tta and "
-                             "--results-dir apply to --weights")
+        if args.mode or args.tta or args.results_dir or args.model:
+            raise SystemExit("seglab eval: --pred-dir scores label maps already written; --model, --mode, --tta "
+                             "and --results-dir apply to a model")
         task, metrics = evaluate_predictions(cfg, args.pred_dir, allow_extra=args.allow_extra, progress=True)
         _print_metrics(task, metrics, label_set, args.out)
         return 0
     if args.allow_extra:
         raise SystemExit("seglab eval: --allow-extra applies to --pred-dir")
     options = _inference_options(args, cfg.eval, label_set.flip_pairs) if (args.mode or args.tta) else None
-    task, metrics = evaluate_weights(cfg, args.weights, options=options, results_dir=args.results_dir, progress=True)
+    if not (args.weights or args.model):
+        raise SystemExit("seglab eval: pass --weights W, --model DIR_OR_HUB_ID (a model folder) or --pred-dir DIR")
+    task, metrics = evaluate_weights(cfg, args.weights, model=args.model, options=options,
+                                     results_dir=args.results_dir, progress=True)
     _print_metrics(task, metrics, label_set, args.out)
     for line in task.results_lines(Path(args.results_dir) if args.results_dir else cfg.run_dir / "coco_results"):
         print(line)
@@ -107,19 +110,21 @@ def _cmd_predict(args) -> int:
     if args.onnx:
         from seglab.jobs import predict_onnx
 
-        if args.weights or args.mode or args.tta or args.mc_samples:
-            raise SystemExit("seglab predict: --onnx runs whole-image inference only; drop --weights, --mode, "
-                             "--tta and --mc-samples")
+        if args.weights or args.model or args.mode or args.tta or args.mc_samples or args.annotations:
+            raise SystemExit("seglab predict: --onnx runs whole-image inference only; drop --weights, --model, "
+                             "--mode, --tta, --mc-samples and --annotations")
         lines = predict_onnx(args.onnx, args.inputs, args.out, label_set=args.label_set)
     else:
         from seglab.jobs import predict
         from seglab.tasks import PredictSettings
 
-        if not args.weights:
-            raise SystemExit("seglab predict: pass --weights W (a torch model) or --onnx MODEL.onnx")
+        if not (args.weights or args.model):
+            raise SystemExit("seglab predict: pass --weights W, --model DIR_OR_HUB_ID (a model folder) or "
+                             "--onnx MODEL.onnx")
         settings = PredictSettings(options=_inference_options(args), mc_samples=args.mc_samples,
                                    precision=args.precision, backend=args.backend, compile=args.compile,
-                                   score_threshold=args.score_threshold, format=args.format)
+                                   score_threshold=args.score_threshold, format=args.format,
+                                   annotations=args.annotations)
         lines = predict(args.weights, args.inputs, args.out, settings, model_name=args.model,
                         num_classes=args.num_classes, label_set=args.label_set)
     try:
@@ -135,17 +140,31 @@ def _cmd_predict(args) -> int:
 def _cmd_export(args) -> int:
     from seglab.export.onnx import export_weights
 
+    if not (args.weights or args.model):
+        raise SystemExit("seglab export: pass --weights W or --model DIR_OR_HUB_ID (a model folder)")
     path = export_weights(args.onnx, args.weights, config=args.config, model_name=args.model,
                           input_size=tuple(args.input_size), opset=args.opset)
-    print(f"{args.weights} -> {path} (opset {args.opset}; dynamic batch, height and width)")
+    print(f"{args.weights or args.model} -> {path} (opset {args.opset}; dynamic batch, height and width)")
     return 0
 
 
 def _cmd_convert(args) -> int:
     from seglab import convert
 
+    out_dir = getattr(args, "out_dir", None)
+    if getattr(args, "dst", None) is None:  # only --out-dir: the converter writes to a temporary file
+        if not out_dir:
+            raise SystemExit(f"seglab convert {args.source}: pass DST.safetensors, --out-dir DIR, or both")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            args.dst = str(Path(tmp) / "model.safetensors")
+            args.dst_is_temporary = True
+            return _cmd_convert(args)
+
     if args.source == "torchvision":
         kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+        kwargs.update({k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v})
         dst = convert.convert_torchvision(args.name, args.src, args.dst, label_set=args.label_set, **kwargs)
         name = args.name
     elif args.source == "schp":
@@ -161,10 +180,30 @@ def _cmd_convert(args) -> int:
         dst = convert.convert_bisenet(args.src, args.dst, model=args.model, label_set=args.label_set,
                                       dataset=args.dataset, fold_normalization=args.fold_normalization)
         name = read_metadata(dst)["model"]  # resolved from the keys when --model is not given
+    elif args.source == "hf":
+        from seglab.checkpoint import read_metadata
+
+        dst = convert.convert_hf(args.src, args.dst, label_set=args.label_set)
+        name = read_metadata(dst)["model"]  # chosen from the folder's config.json
+    elif args.source == "mmseg":
+        from seglab.checkpoint import read_metadata
+        from seglab.convert.mmseg import convert_mmseg
+
+        dst = convert_mmseg(args.config_name, args.src, args.dst, label_set=args.label_set)
+        meta = read_metadata(dst)  # the model the config name gives, the classes the checkpoint has
+        name = meta["model"]
+        print(f"mmseg {args.config_name}: seglab {name}, {meta['num_classes']} classes (dataset "
+              f"{meta['dataset'] or 'unknown'}), label set {meta.get('label_set', 'none')}")
     else:
         dst = convert.convert_smp(args.src, args.dst, model=args.model, label_set=args.label_set)
         name = args.model
-    print(f"{args.src} -> {dst} (seglab {name})")
+    if not getattr(args, "dst_is_temporary", False):
+        print(f"{args.src} -> {dst} (seglab {name})")
+    if out_dir:
+        from seglab.pretrained import save_pretrained_from_weights
+
+        folder = save_pretrained_from_weights(dst, out_dir)
+        print(f"{args.src} -> {folder}/ (seglab {name} model folder: seglab predict IMAGES --model {folder} --out OUT)")
     return 0
 
 
@@ -244,6 +283,22 @@ def _cmd_naive_student(args) -> int:
 # -- the parser, one function per command -------------------------------------------------------------------
 
 
+def _add_model(p, default: str) -> None:
+    """``--model``: a registered model name (with --weights), a model folder, or a Hugging Face Hub id."""
+    p.add_argument("--model", metavar="NAME_DIR_OR_HUB_ID",
+                   help=f"a registered model name used with --weights (default: {default}); or a model folder "
+                        "(a directory holding config.json, as seglab train and convert --out-dir write) or a Hugging "
+                        "Face Hub id org/name[@revision] (needs seglab[hub]), which need no --weights")
+
+
+def _add_out_dir(p) -> None:
+    """``--out-dir DIR`` of a ``seglab convert`` subcommand: also write the converted weights as a model folder
+    (:func:`_cmd_convert` builds it from DST once the converter has written it; DST may then be left out)."""
+    p.add_argument("--out-dir", metavar="DIR",
+                   help="also write a model folder (config.json, model.safetensors, README.md) that seglab "
+                        "predict --model DIR and seglab.from_pretrained(DIR) load; DST may then be left out")
+
+
 def _configs_parser(sub) -> None:
     p = sub.add_parser("configs", help="list the training configs that ship with seglab (the papers' recipes)")
     p.add_argument("--dataset", help="only those for this data.dataset, e.g. cityscapes")
@@ -265,11 +320,14 @@ def _train_eval_parsers(sub) -> None:
 
     p = sub.add_parser("eval", help="evaluate weights, or another tool's label maps, on the config's val split")
     _add_config(p)
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--weights", help="weights file of the config's model")
     source.add_argument("--pred-dir", metavar="DIR",
                         help="score label PNGs instead, one per val sample: DIR/<id>.png (or the label's or image's "
                              "file name), class indices as seglab predict writes them; no model is run")
+    p.add_argument("--model", metavar="NAME_DIR_OR_HUB_ID",
+                   help="a model folder or Hugging Face Hub id (org/name[@revision]) to evaluate instead of --weights, "
+                        "or a registered model name overriding the config's (with --weights)")
     p.add_argument("--allow-extra", action="store_true",
                    help="--pred-dir: warn about PNGs that match no sample instead of stopping")
     p.add_argument("--mode", choices=["whole", "slide", "affine"],
@@ -283,10 +341,10 @@ def _train_eval_parsers(sub) -> None:
 def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="write label PNGs and overlays for images")
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--weights", help="weights file (or --onnx)")
+    p.add_argument("--weights", help="weights file (or --model DIR_OR_HUB_ID, or --onnx)")
     p.add_argument("--onnx", metavar="MODEL.onnx", help="run an exported ONNX file with onnxruntime (no torch)")
     p.add_argument("--out", required=True)
-    p.add_argument("--model", help="model name (default: the one recorded in the weights file)")
+    _add_model(p, "the one recorded in the weights file")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--label-set", help="palette/label set name (default: recorded in the weights, else voc)")
     p.add_argument("--mode", choices=["whole", "slide", "affine"],
@@ -296,8 +354,13 @@ def _predict_parser(sub) -> None:
     p.add_argument("--mc-samples", type=int, default=0, metavar="N",
                    help="Monte Carlo dropout passes (models with dropout, e.g. bayesian_segnet_vgg16); also writes "
                         "<stem>_entropy.npy, <stem>_variance.npy and an <stem>_uncertainty.png heat map")
-    p.add_argument("--score-threshold", type=float, default=0.5,
-                   help="instance models: draw and write instances scoring at least this (default 0.5)")
+    p.add_argument("--score-threshold", type=float,
+                   help="instance and multi-person models: draw and write (COCO results JSON included) the instances "
+                        "or people scoring at least this (default: the model folder's score_threshold, else 0.5; "
+                        "for COCO AP pass a low one, e.g. 0.05)")
+    p.add_argument("--annotations", metavar="INSTANCES.json",
+                   help="instance models: a COCO instances JSON whose image ids the results JSON takes, matched by "
+                        "file name (an image it does not list is an error); default: ids 1, 2, ... in input order")
     p.add_argument("--max-whole-pixels", type=int, default=2048 * 2048,
                    help="semantic models in whole mode: larger images are inferred by sliding window "
                         "(default 2048*2048; 0 = never)")
@@ -314,29 +377,40 @@ def _predict_parser(sub) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
-def _export_convert_parsers(sub) -> None:
+def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="export a semantic model to ONNX (dynamic batch, height and width)")
     p.add_argument("config", nargs="?", help="config YAML (default: the model recorded in the weights file)")
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", help="weights file (or --model DIR_OR_HUB_ID)")
     p.add_argument("--onnx", required=True, metavar="MODEL.onnx", help="output ONNX file")
-    p.add_argument("--model", help="model name (overrides the config's or the weights')")
+    _add_model(p, "the config's, else the one recorded in the weights file")
     p.add_argument("--input-size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
                    help="size traced (the exported graph takes any size)")
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("convert", help="convert another library's checkpoint to a seglab weights file")
-    convert = p.add_subparsers(dest="source", required=True)
-    p = convert.add_parser("torchvision", help="a torchvision segmentation state dict (.pth or .safetensors)")
-    p.add_argument("name", help="model name, e.g. deeplabv3_resnet50")
+
+def _convert_torchvision_parser(convert) -> None:
+    p = convert.add_parser("torchvision", help="a torchvision segmentation or Mask R-CNN state dict (.pth or "
+                                               ".safetensors)")
+    p.add_argument("name", help="model name, e.g. deeplabv3_resnet50 or maskrcnn_resnet50_fpn")
     p.add_argument("src", help="torchvision state dict file")
-    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("dst", nargs="?", help="output .safetensors file (may be left out with --out-dir)")
     p.add_argument("--num-classes", type=int, help="default: read from the checkpoint's classifier")
-    p.add_argument("--label-set", default="voc", help="label set recorded in the weights (default: voc)")
+    p.add_argument("--label-set", help="label set recorded in the weights (default: coco for 91-class detectors, "
+                                       "whose labels are COCO category ids; voc for segmentation models)")
+    p.add_argument("--min-size", type=int, help="detectors: the shorter side images are resized to, recorded and "
+                                                "used when the model is rebuilt (default: the factory's, 800)")
+    p.add_argument("--max-size", type=int, help="detectors: the longest side after resizing (default: the "
+                                                "factory's, 1333)")
+    _add_out_dir(p)
     p.set_defaults(func=_cmd_convert)
+
+
+def _convert_schp_parser(convert) -> None:
     p = convert.add_parser("schp", help="a checkpoint released with SCHP (Self-Correction for Human Parsing)")
     p.add_argument("src", help="SCHP .pth file, e.g. exp-schp-201908261155-lip.pth")
-    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("dst", nargs="?", help="output .safetensors file (may be left out with --out-dir)")
+    _add_out_dir(p)
     p.add_argument("--dataset", choices=["lip", "atr", "pascal_person_part"], help="default: from the class count")
     p.add_argument("--model", choices=["schp_resnet101", "schp_resnet50", "schp_resnet18"],
                    help="seglab model (default: the depth the checkpoint's keys show; schp_resnet101 for SCHP's files)")
@@ -344,16 +418,27 @@ def _export_convert_parsers(sub) -> None:
                    help="take the BatchNorm weights as they are instead of folding InPlaceABN's |weight| + 1e-5 "
                         "into them: for a file trained with plain BatchNorm, or one already converted for plain BN")
     p.set_defaults(func=_cmd_convert)
+
+
+def _export_convert_parsers(sub) -> None:
+    _export_parser(sub)
+    p = sub.add_parser("convert", help="convert another library's checkpoint to a seglab weights file (and, with "
+                                       "--out-dir, a model folder)")
+    convert = p.add_subparsers(dest="source", required=True)
+    _convert_torchvision_parser(convert)
+    _convert_schp_parser(convert)
     p = convert.add_parser("smp", help="a segmentation_models_pytorch Unet (ResNet encoder) state dict")
     p.add_argument("src", help="smp state dict file (.pth or .safetensors)")
-    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("dst", nargs="?", help="output .safetensors file (may be left out with --out-dir)")
+    _add_out_dir(p)
     p.add_argument("--model", choices=["unet_resnet18", "unet_resnet34", "unet_resnet50"], default="unet_resnet34",
                    help="seglab model matching the smp encoder (default: unet_resnet34)")
     p.add_argument("--label-set", help="label set recorded in the weights (default: none)")
     p.set_defaults(func=_cmd_convert)
     p = convert.add_parser("bisenet", help="a checkpoint released with CoinCheung/BiSeNet (BiSeNet v1 or v2)")
     p.add_argument("src", help="CoinCheung/BiSeNet .pth file, e.g. model_final_v2_city.pth")
-    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("dst", nargs="?", help="output .safetensors file (may be left out with --out-dir)")
+    _add_out_dir(p)
     p.add_argument("--model", choices=["bisenetv1_resnet18", "bisenetv2"],
                    help="seglab model (default: the one the checkpoint's keys show)")
     p.add_argument("--dataset", choices=["cityscapes", "coco_stuff", "ade20k"],
@@ -363,6 +448,25 @@ def _export_convert_parsers(sub) -> None:
     p.add_argument("--no-fold-normalization", dest="fold_normalization", action="store_false",
                    help="keep the first convolutions as they are (the model then expects CoinCheung's input "
                         "normalisation, not seglab's)")
+    p.set_defaults(func=_cmd_convert)
+    p = convert.add_parser("hf", help="a Hugging Face UperNet model folder (Swin-T/S/B or ConvNeXt-T/S/B backbone)")
+    p.add_argument("src", help="folder with config.json and model.safetensors or pytorch_model.bin, e.g. a download "
+                               "of openmmlab/upernet-convnext-tiny")
+    p.add_argument("dst", nargs="?", help="output .safetensors file (may be left out with --out-dir)")
+    _add_out_dir(p)
+    p.add_argument("--label-set", help="label set recorded in the weights (default: ade20k when config.json's "
+                                       "id2label holds ADE20K's 150 classes, else those names)")
+    p.set_defaults(func=_cmd_convert)
+    p = convert.add_parser("mmseg", help="an mmsegmentation checkpoint (UperNet-Swin, BiSeNet v1/v2, FCN, DeepLabv3, "
+                                         "Semantic FPN on ResNet), read without running code from it")
+    p.add_argument("config_name", metavar="CONFIG_NAME",
+                   help="its mmseg config name, e.g. bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024 or "
+                        "swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512 (the checkpoint's file "
+                        "name also works)")
+    p.add_argument("src", help="mmseg .pth checkpoint")
+    p.add_argument("dst", nargs="?", help="output .safetensors file (may be left out with --out-dir)")
+    _add_out_dir(p)
+    p.add_argument("--label-set", help="label set recorded in the weights (default: the config's dataset's)")
     p.set_defaults(func=_cmd_convert)
 
 

@@ -56,28 +56,34 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = False) -> tuple
 
 
 def evaluate_weights(
-    cfg: Config, weights: str | Path, *, options: InferenceOptions | None = None, results_dir: str | Path | None = None,
-    progress: bool = False,
+    cfg: Config, weights: str | Path | None, *, model: str | None = None, options: InferenceOptions | None = None,
+    results_dir: str | Path | None = None, progress: bool = False,
 ) -> tuple[Task, Any]:
     """The metrics of ``weights`` (the config's model) on the config's val split; returns the task and them.
 
-    ``options`` (dense models) default to the config's ``eval`` section; ``results_dir`` is where instance
-    models' COCO results JSON go (default: the run folder's ``coco_results``).
+    ``model`` is a model folder or Hub id to evaluate instead (no ``weights``), or a registered name overriding the
+    config's (:func:`seglab.pretrained.load_any`). ``options`` (dense models) default to the config's ``eval``
+    section; ``results_dir`` is where instance models' COCO results JSON go (default: the run folder's
+    ``coco_results``).
     """
     from seglab.data import label_set_for
-    from seglab.pretrained import load_model
+    from seglab.pretrained import load_any
     from seglab.tasks import task_of
     from seglab.utils import resolve_device
 
-    task = task_of(cfg.model.name)
     label_set = label_set_for(cfg.data)
-    task.check_classes(cfg, label_set)
     device = resolve_device(cfg.train.device)
-    model = load_model(weights, config=cfg).to(device)
+    loaded = load_any(model, weights, config=cfg)
+    task = task_of(loaded.name)
+    task.check_classes(cfg, label_set)
+    classes = loaded.kwargs.get("num_classes")
+    if classes != cfg.model.num_classes:
+        raise ConfigError(f"{model or weights}: the model has {classes} classes but the config's data "
+                          f"({cfg.data.dataset}, label set {label_set.name!r}) {cfg.model.num_classes}")
     dataset = task.build_dataset(cfg.data, cfg.data.val_split, train=False)
     results = Path(results_dir) if results_dir else cfg.run_dir / "coco_results"
-    return task, task.evaluate(model, dataset, cfg, label_set, device=device, options=options, progress=progress,
-                               results_dir=results)
+    return task, task.evaluate(loaded.model.to(device), dataset, cfg, label_set, device=device, options=options,
+                               progress=progress, results_dir=results)
 
 
 def evaluate_predictions(
@@ -176,31 +182,39 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def predict(
-    weights: str | Path, inputs: Sequence[str | Path], out: str | Path, settings: PredictSettings, *,
+    weights: str | Path | None, inputs: Sequence[str | Path], out: str | Path, settings: PredictSettings, *,
     model_name: str | None = None, num_classes: int | None = None, label_set: str | None = None,
 ) -> Iterator[str]:
-    """Rebuild the model of ``weights`` (:func:`seglab.pretrained.load_model`), predict every image of ``inputs``
-    and write what its task writes under ``out`` (:meth:`seglab.tasks.Task.predict_files`); yields a line per
-    image. ``label_set`` defaults to the one recorded in the weights, else VOC's."""
-    from seglab.checkpoint import read_metadata
+    """Rebuild a model (:func:`seglab.pretrained.load_any`: ``model_name`` a model folder or Hub id, else the
+    weights file ``weights`` with ``model_name`` as a registered name), predict every image of ``inputs`` and write
+    what its task writes under ``out`` (:meth:`seglab.tasks.Task.predict_files`); yields a line per image.
+    ``label_set`` defaults to the recorded one, else VOC's; ``settings.score_threshold`` None takes the model
+    folder's, else :data:`seglab.pretrained.DEFAULT_SCORE_THRESHOLD`."""
+    import dataclasses
+
     from seglab.data.palettes import get_label_set, label_set_from_metadata
     from seglab.models import model_info
-    from seglab.pretrained import load_model, model_spec
+    from seglab.pretrained import DEFAULT_SCORE_THRESHOLD, load_any
     from seglab.tasks import task_of
     from seglab.visualize import save_legend
 
     files = image_files(inputs)
-    meta = read_metadata(weights)
-    name, kwargs = model_spec(weights, name=model_name, num_classes=num_classes)
-    model = load_model(weights, name=model_name, num_classes=num_classes)
-    info = model_info(name)
+    loaded = load_any(model_name, weights, num_classes=num_classes)
+    info = model_info(loaded.name)
     task = task_of(info)
+    if settings.annotations and task.name != "instance":
+        raise ConfigError(f"predict: --annotations (COCO image ids for the results JSON) applies to instance "
+                          f"models; {loaded.name} is a {task.name} model")
+    if settings.score_threshold is None:
+        threshold = loaded.score_threshold if loaded.score_threshold is not None else DEFAULT_SCORE_THRESHOLD
+        settings = dataclasses.replace(settings, score_threshold=threshold)
+    meta = loaded.metadata
     labels = get_label_set(label_set) if label_set else label_set_from_metadata(meta)
     out = Path(out)
     if task.legend:
         save_legend(out / "legend.png", labels.classes, labels.colors)
-    yield from task.predict_files(model, info, files, out, settings, labels,
-                                  {**meta, "num_classes": kwargs.get("num_classes")})
+    yield from task.predict_files(loaded.model, info, files, out, settings, labels,
+                                  {**meta, "num_classes": loaded.kwargs.get("num_classes")})
 
 
 def predict_onnx(onnx: str | Path, inputs: Sequence[str | Path], out: str | Path, *,

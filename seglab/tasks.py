@@ -54,16 +54,18 @@ CLASS_WEIGHTINGS = ("none", "median_frequency", "enet")
 @dataclass(frozen=True)
 class PredictSettings:
     """What ``seglab predict`` is asked besides the images: the inference options, Monte Carlo dropout
-    samples, precision, backend and compilation (dense models), and the score threshold (per-person and
-    per-instance outputs)."""
+    samples, precision, backend and compilation (dense models), the score threshold (per-person and
+    per-instance outputs; None: the model folder's, else 0.5, as :func:`seglab.jobs.predict` resolves it) and
+    a COCO annotation file whose image ids the instance results take (matched by file name)."""
 
     options: InferenceOptions | None = None
     mc_samples: int = 0
     precision: str = "fp32"
     backend: str = "torch"
     compile: bool = False
-    score_threshold: float = 0.5
+    score_threshold: float | None = 0.5
     format: str = "seglab"  # seglab (label map, overlay, legend) | cityscapes (label ids, for cityscapesScripts)
+    annotations: str | Path | None = None  # instance models: COCO instances JSON giving the results' image ids
 
 
 class Task:
@@ -293,21 +295,27 @@ class InstanceTask(Task):
 
     def predict_files(self, model, info, files, out, settings, label_set, meta):
         """``<stem>_instances.png`` per image (each instance in its colour, with box, class name and score) and
-        the instances as COCO results (``bbox_results.json``, ``segm_results.json``; image_id = position)."""
+        the instances scoring at least ``settings.score_threshold`` as COCO results (``bbox_results.json``,
+        ``segm_results.json``, each entry with ``file_name`` beside the COCO fields). The image ids are those of
+        ``settings.annotations`` (a COCO instances JSON, matched by file name; an image it does not list is an
+        error before anything runs), so the files go straight to pycocotools' ``loadRes`` and ``COCOeval``;
+        without it, the position in the input order (1, 2, ...)."""
         from seglab.data.io import read_image
-        from seglab.engine.coco_eval import instances_to_coco_results
+        from seglab.engine.coco_eval import image_ids_by_file_name, instances_to_coco_results
         from seglab.engine.inference import InstancePredictor
         from seglab.utils import atomic_write_text
         from seglab.visualize import save_instances
 
         _no_dense_options(settings.options, self.name)
+        image_ids = (image_ids_by_file_name(settings.annotations, files) if settings.annotations
+                     else list(range(1, len(files) + 1)))
         names = list(meta.get("classes") or label_set.classes)
         # labels -> category ids as recorded at training; converted torchvision weights use the ids as labels
         mapping = {int(k): int(v) for k, v in (meta.get("label_to_cat_id") or {}).items()}
         mapping = mapping or {label: label for label in range(1, max(int(meta.get("num_classes") or 0), 1))}
         predictor = InstancePredictor(model)
         results: dict[str, list] = {"bbox": [], "segm": []}
-        for image_id, path in enumerate(files, start=1):
+        for image_id, path in zip(image_ids, files, strict=True):
             image = np.asarray(read_image(path))
             instances = predictor(image)
             save_instances(out / f"{path.stem}_instances.png", image, instances, names,
@@ -319,8 +327,10 @@ class InstanceTask(Task):
             yield f"{path} -> {out / (path.stem + '_instances.png')} ({int(keep.sum())} instances)"
         for kind, entries in results.items():
             atomic_write_text(out / f"{kind}_results.json", json.dumps(entries))
-        yield (f"COCO results: {out / 'bbox_results.json'}, {out / 'segm_results.json'} (image_id = position in "
-               "the input order, file_name beside it)")
+        source = (f"image_id from {settings.annotations}" if settings.annotations
+                  else "image_id = position in the input order")
+        yield (f"COCO results: {out / 'bbox_results.json'}, {out / 'segm_results.json'} ({source}, file_name beside "
+               f"it; score >= {settings.score_threshold})")
 
 
 class PersonParsingTask(InstanceTask):

@@ -51,6 +51,49 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def atomic_write_folder(
+    path: str | Path, write: Callable[[Path], None], *, replaceable: Callable[[Path], bool] | None = None
+) -> Path:
+    """Write the folder ``path`` as a whole: ``write(tmp_folder)`` fills a temporary folder beside it, whose files
+    are fsynced, and which is then renamed to ``path``. A folder already at ``path`` is replaced only when it is
+    empty or ``replaceable(path)`` says so (else :class:`~seglab.errors.StorageError`): it is moved aside, the new
+    one renamed in, and the old one deleted, so ``path`` never holds a half-written folder (a kill between the two
+    renames leaves the old folder as ``.<name>.*.old`` beside it). A failed write removes its temporary folder."""
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (replaceable and replaceable(path)))):
+        raise StorageError(f"{path}: exists and is not a folder this write may replace; choose another path or "
+                           "remove it")
+    tmp = old = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        write(tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if path.exists() and any(path.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)  # onto the empty folder just made: a unique name nobody else takes
+        os.replace(tmp, path)
+        tmp = None
+    except BaseException as exc:
+        if old is not None and not path.exists():
+            os.replace(old, path)  # the new folder did not arrive: put the old one back
+            old = None
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+            raise StorageError(f"{path}: could not be written: {exc.strerror or exc}; "
+                               f"{free_space(path.parent)}") from exc
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
+    return path
+
+
 def free_space(folder: str | Path) -> str:
     """``"<n> MiB free on <folder>"`` for error messages (the nearest existing folder above ``folder``)."""
     folder = Path(folder).absolute()

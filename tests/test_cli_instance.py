@@ -86,3 +86,53 @@ def test_predict_draws_instances_and_writes_coco_results(run, tmp_path):
     assert {r["file_name"] for r in segm} == {p.name for p in images}
     assert {r["image_id"] for r in segm} <= {1, 2}
     assert all(r["category_id"] in (1, 2, 3, 4) and 0.0 <= r["score"] <= 1.0 for r in segm)
+
+
+def test_train_writes_a_detector_model_folder_that_predict_takes(run, tmp_path):
+    """The run's model folder records the detector's transform sizes, score threshold and category ids, and
+    seglab predict --model FOLDER rebuilds it with them (no --weights)."""
+    tmp, _, root = run
+    folder = tmp / "runs" / "tiny" / "model"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["task"] == "instance" and config["model_kwargs"]["min_size"] == 96
+    assert config["preprocessing"]["min_size"] == 96 and config["preprocessing"]["max_size"] == 96
+    assert config["score_threshold"] == 0.5
+    assert config["detection_classes"] == ["background", "circle", "square", "triangle", "star"]
+    assert config["label_to_cat_id"] == {"1": 1, "2": 2, "3": 3, "4": 4}
+    from seglab import from_pretrained
+
+    assert from_pretrained(folder).transform.min_size == (96,)
+    images = sorted((root / "JPEGImages").glob("val_*.jpg"))
+    assert main(["predict", *map(str, images), "--model", str(folder), "--out", str(tmp_path),
+                 "--score-threshold", "0.0"]) == 0
+    assert json.loads((tmp_path / "segm_results.json").read_text())
+
+
+def test_predict_results_take_the_annotation_files_image_ids_and_go_to_cocoeval(run, tmp_path, capsys):
+    from pycocotools.cocoeval import COCOeval
+
+    tmp, _, root = run
+    weights = tmp / "runs" / "tiny" / "checkpoints" / "last.safetensors"
+    annotations = root / "annotations" / "instances_val.json"
+    gt = COCO(str(annotations))
+    images = sorted((root / "JPEGImages").glob("val_*.jpg"), reverse=True)  # not the annotation file's order
+    assert main(["predict", *map(str, images), "--weights", str(weights), "--out", str(tmp_path),
+                 "--score-threshold", "0.0", "--annotations", str(annotations)]) == 0
+    ids = {img["file_name"]: img["id"] for img in gt.loadImgs(gt.getImgIds())}
+    for kind in ("segm", "bbox"):
+        results = json.loads((tmp_path / f"{kind}_results.json").read_text())
+        assert results and all(r["image_id"] == ids[r["file_name"]] for r in results)
+        evaluation = COCOeval(gt, gt.loadRes(str(tmp_path / f"{kind}_results.json")), kind)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        assert -1.0 <= evaluation.stats[0] <= 1.0
+    capsys.readouterr()
+
+    stray = tmp_path / "stray.jpg"
+    Image.open(images[0]).save(stray)
+    assert main(["predict", str(stray), "--weights", str(weights), "--out", str(tmp_path / "x"),
+                 "--annotations", str(annotations)]) == 2
+    err = capsys.readouterr().err
+    assert "lists no image named stray.jpg" in err and str(annotations) in err
+    assert not (tmp_path / "x").exists()  # refused before anything ran

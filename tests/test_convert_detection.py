@@ -58,8 +58,9 @@ def test_torchvision_checkpoint_converts_and_gives_the_same_detections(reference
     src, dst = tmp_path / "maskrcnn.pth", tmp_path / "maskrcnn.safetensors"
     torch.save(reference.state_dict(), src)
     assert convert_torchvision("mask_rcnn_resnet50_fpn", src, dst, label_set="coco") == dst
-    assert read_metadata(dst) == {
-        "model": "mask_rcnn_resnet50_fpn", "num_classes": 5, "model_kwargs": {}, "label_set": "coco"
+    assert read_metadata(dst) == {  # the transform's sizes as built (the factory's defaults) are recorded
+        "model": "mask_rcnn_resnet50_fpn", "num_classes": 5, "model_kwargs": {"min_size": 800, "max_size": 1333},
+        "label_set": "coco",
     }
     torch.manual_seed(2)
     model = mask_rcnn_resnet50_fpn(num_classes=5, **SMALL).eval()
@@ -81,6 +82,23 @@ def test_cli_converts_with_torchvision_name_from_safetensors(reference, tmp_path
     model = load_torchvision("maskrcnn_resnet50_fpn", dst)
     for key, value in model.state_dict().items():
         assert torch.equal(value, reference.state_dict()[key]), key
+
+
+def test_cli_records_the_sizes_it_is_given_and_predict_rebuilds_with_them(reference, tmp_path):
+    """--min-size/--max-size go to the factory and into the metadata, so the model seglab predict (and a model
+    folder) rebuilds resizes as the converted one was told to; a 5-class detector records no label set."""
+    from seglab.pretrained import from_pretrained, load_model
+
+    src, dst = tmp_path / "maskrcnn.pth", tmp_path / "out.safetensors"
+    torch.save(reference.state_dict(), src)
+    assert main(["convert", "torchvision", "maskrcnn_resnet50_fpn", str(src), str(dst), "--min-size", "200",
+                 "--max-size", "320", "--out-dir", str(tmp_path / "folder")]) == 0
+    meta = read_metadata(dst)
+    assert meta["model_kwargs"] == {"min_size": 200, "max_size": 320} and "label_set" not in meta
+    rebuilt = load_model(dst)
+    assert rebuilt.transform.min_size == (200,) and rebuilt.transform.max_size == 320
+    folder = from_pretrained(tmp_path / "folder")
+    assert folder.transform.min_size == (200,) and folder.transform.max_size == 320
 
 
 def test_mismatches_are_listed(reference, tmp_path):
@@ -115,8 +133,9 @@ def test_coco_checkpoint_records_torchvision_label_space_and_predict_names_categ
     src, dst = tmp_path / "coco.pth", tmp_path / "coco.safetensors"
     torch.save(tv.state_dict(), src)
     del tv
-    convert_torchvision("maskrcnn_resnet50_fpn", src, dst, label_set="coco", **SMALL)
+    convert_torchvision("maskrcnn_resnet50_fpn", src, dst, **SMALL)  # label set coco: the default at 91 classes
     meta = read_metadata(dst)
+    assert meta["label_set"] == "coco" and meta["model_kwargs"]["min_size"] == 200
     assert len(meta["classes"]) == 91 and meta["classes"][1] == "person" and meta["classes"][44] == "bottle"
     assert meta["classes"][12] == "N/A" and meta["label_to_cat_id"]["90"] == 90
     Image.fromarray(np.full((160, 200, 3), 128, np.uint8)).save(tmp_path / "grey.png")

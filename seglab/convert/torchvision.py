@@ -14,7 +14,11 @@ Detection: seglab's ``mask_rcnn_resnet50_fpn`` (torchvision's name ``maskrcnn_re
 ``mask_rcnn_resnet101_fpn`` are torchvision's ``MaskRCNN`` with the same keys; ``num_classes`` is read from
 ``roi_heads.box_predictor.cls_score.weight``. Their backbone BN is ``FrozenBatchNorm2d``, which has no
 ``num_batches_tracked``: those counters (present in state dicts of torchvision models built with plain BN, e.g.
-``weights=None``) are dropped, and every other key and shape must match.
+``weights=None``) are dropped, and every other key and shape must match. A detector's weights file records the
+sizes its transform resizes images to (``min_size``/``max_size`` in ``model_kwargs``: the factory's 800/1333 unless
+given), so ``seglab predict`` rebuilds it with the same ones; a 91-class detector (torchvision's COCO label space,
+labels = COCO category ids, unused ids named "N/A") records label set ``coco``, those class names and the identity
+label -> category id map.
 """
 
 from __future__ import annotations
@@ -97,21 +101,32 @@ def load_torchvision(name: str, state_dict_or_path: _STATE_DICT | str | Path, **
 
 
 def convert_torchvision(
-    name: str, src: _STATE_DICT | str | Path, dst: str | Path, *, label_set: str = "voc", **model_kwargs: Any
+    name: str, src: _STATE_DICT | str | Path, dst: str | Path, *, label_set: str | None = None, **model_kwargs: Any
 ) -> Path:
     """Convert torchvision's checkpoint ``src`` of model ``name`` to the seglab weights file ``dst``.
 
     ``dst`` is a safetensors file whose metadata (model: seglab's name, num_classes, model_kwargs, label_set)
-    lets ``seglab predict --weights dst`` rebuild the model. Returns ``dst``.
+    lets ``seglab predict --weights dst`` rebuild the model. ``model_kwargs`` go to the factory (detectors:
+    ``min_size``, ``max_size``, ``box_score_thresh``, ...) and are recorded, a detector's resize sizes always.
+    ``label_set`` defaults to ``coco`` for a 91-class detector, to ``voc`` for a segmentation model (torchvision's
+    published ones have VOC's 21 classes), and is not recorded for other detectors. Returns ``dst``.
     """
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise CheckpointError(f"{dst}: the converted weights are written as safetensors; name it *.safetensors")
     model, name, kwargs = _load(name, src, model_kwargs)
+    from seglab.pretrained import transform_sizes
+
     num_classes = kwargs.pop("num_classes")
     kwargs.pop("pretrained_backbone", None)
-    metadata = {"model": name, "num_classes": num_classes, "model_kwargs": kwargs, "label_set": label_set}
-    if name in DETECTION_MODELS and num_classes == 91:
+    kwargs.update(transform_sizes(model))
+    coco_detector = name in DETECTION_MODELS and num_classes == 91
+    if label_set is None and (coco_detector or name not in DETECTION_MODELS):
+        label_set = "coco" if coco_detector else "voc"
+    metadata = {"model": name, "num_classes": num_classes, "model_kwargs": kwargs}
+    if label_set is not None:
+        metadata["label_set"] = label_set
+    if coco_detector:
         # torchvision's COCO label space: label = COCO category id (1..90, with gaps named "N/A")
         from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 

@@ -80,6 +80,35 @@ def instances_to_coco_results(
     return results
 
 
+def image_ids_by_file_name(annotations: str | Path, files: Sequence[str | Path]) -> list[int]:
+    """The COCO image id of each of ``files`` in the instances JSON ``annotations``, matched by file name (the
+    base name of its ``images[].file_name``), so that results written with them load with pycocotools'
+    ``COCO.loadRes`` on that file. Raises :class:`~seglab.errors.DatasetError` naming the file for an unreadable
+    JSON, for images it does not list (the first few and the count) and for a name it lists twice."""
+    from seglab.errors import DatasetError
+
+    path = Path(annotations)
+    try:
+        images = json.loads(path.read_text(encoding="utf-8"))["images"]
+        by_name: dict[str, list[int]] = {}
+        for image in images:
+            by_name.setdefault(Path(str(image["file_name"])).name, []).append(int(image["id"]))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a COCO instances JSON with images[].file_name and images[].id "
+                           f"({type(exc).__name__}: {exc})") from None
+    names = [Path(f).name for f in files]
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DatasetError(f"{path}: lists no image named {', '.join(missing[:5])} ({len(missing)} of the "
+                           f"{len(names)} images); predict only the images of the annotation file, or drop "
+                           "--annotations (image ids are then the input order)")
+    repeated = [n for n in names if len(by_name[n]) > 1]
+    if repeated:
+        raise DatasetError(f"{path}: lists {repeated[0]} under several ids {by_name[repeated[0]]}; the image id "
+                           "cannot be told by file name")
+    return [by_name[n][0] for n in names]
+
+
 def coco_evaluate(
     coco_gt: COCO,
     results: dict[str, list[dict[str, Any]]],
@@ -225,6 +254,7 @@ __all__ = [
     "InstanceMetrics",
     "coco_evaluate",
     "evaluate_instances",
+    "image_ids_by_file_name",
     "instance_metrics_to_text",
     "instances_to_coco_results",
 ]

@@ -5,8 +5,9 @@ to :class:`~seglab.losses.SegmentationLoss`; an instance model (the torchvision 
 takes lists of images and targets and returns its own dict of losses, which are summed and each logged.
 The run folder ``runs/<name>/`` receives config.yaml, metrics.jsonl (one JSON object per log or eval
 line), checkpoints/{last,best}.safetensors, last_state.pt (model, optimiser, scheduler, RNG, position
-in the data order, in one atomically written file) and curves.png. The best checkpoint is chosen by val
-mIoU (semantic) or mask AP (instance).
+in the data order, in one atomically written file), curves.png and, at the end, model/ (the best checkpoint as a
+self-describing model folder with its metrics, :func:`seglab.pretrained.save_pretrained`). The best checkpoint is
+chosen by val mIoU (semantic) or mask AP (instance).
 
 Nothing is lost when a run is killed: the data order is a permutation drawn per epoch from
 ``(seed, epoch)``, and each sample's augmentation is seeded from ``(seed, epoch, index)`` (whichever
@@ -60,7 +61,7 @@ from seglab.config import Config, save_config
 from seglab.data.palettes import label_set_metadata
 from seglab.engine import distributed as dist_utils
 from seglab.engine.precision import autocast, resolve_precision
-from seglab.errors import ConfigError, Preempted, TrainingError
+from seglab.errors import CheckpointError, ConfigError, Preempted, TrainingError
 from seglab.models import create_model
 from seglab.tasks import task_of
 from seglab.utils import atomic_write_text, check_writable, resolve_device, seed_everything
@@ -278,10 +279,13 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
     def weights_metadata(self) -> dict[str, Any]:
         """What ``seglab predict`` needs to rebuild the model from the weights file alone."""
+        from seglab.pretrained import transform_sizes
+
         meta = {
             "model": self.cfg.model.name,
             "num_classes": self.cfg.model.num_classes,
-            "model_kwargs": self.cfg.model.kwargs,
+            # a detector's resize sizes as built (the factory's defaults included): a rebuilt model resizes alike
+            "model_kwargs": {**self.cfg.model.kwargs, **transform_sizes(self.model)},
             **label_set_metadata(self.label_set),
             "iteration": self.iteration,
         }
@@ -520,6 +524,37 @@ class Trainer:
         finally:
             self._close_logger()
 
+    def write_model_folder(self) -> None:
+        """Write ``runs/<name>/model/``: the best checkpoint (else the last) as a self-describing model folder
+        (:func:`seglab.pretrained.save_pretrained`), its card giving the validation metrics it was chosen by, the
+        data set and the eval section's inference. Rank 0 only (the caller's check)."""
+        from seglab.checkpoint import read_metadata
+        from seglab.pretrained import save_pretrained_from_weights
+
+        best = self.ckpt_dir / "best.safetensors"
+        weights = best if best.is_file() else self.ckpt_dir / "last.safetensors"
+        iteration = read_metadata(weights).get("iteration")
+        metrics: dict[str, Any] = {}
+        log_path = self.run_dir / "metrics.jsonl"
+        for line in log_path.read_text().splitlines() if log_path.is_file() else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("split") == "val" and record.get("iter") == iteration:
+                metrics = {k: v for k, v in record.items() if k not in ("iter", "split")}
+        e = self.cfg.eval
+        try:
+            folder = save_pretrained_from_weights(
+                weights, self.run_dir / "model", metrics=metrics, dataset=self.cfg.data.dataset,
+                inference={"mode": e.mode, "crop_size": e.crop_size, "stride": e.stride},
+            )
+        except (CheckpointError, ConfigError) as exc:  # e.g. a model given as an object that config.model does not
+            # rebuild: the run's checkpoints are written; only the folder is missing, and the reason is said
+            log.warning("no model folder written for %s: %s", weights, exc)
+            return
+        log.info("model folder: %s (from %s)", folder, weights)
+
     def _stop_requested(self, signals: _StopSignals) -> bool:
         """Whether any rank received SIGTERM/SIGINT (agreed by all ranks, so they stop at the same iteration)."""
         flag = signals.received is not None
@@ -577,6 +612,7 @@ class Trainer:
         if not self.is_main:
             return metrics
         atomic_write_text(self.run_dir / "final_metrics.json", json.dumps(metrics.to_dict(), indent=2))
+        self.write_model_folder()
         try:
             from seglab.visualize import plot_curves
 

@@ -264,7 +264,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
 
 def export_weights(
     path: str | Path,
-    weights: str | Path,
+    weights: str | Path | None,
     *,
     config: str | Path | None = None,
     model_name: str | None = None,
@@ -274,29 +274,29 @@ def export_weights(
     """Build a model from a config (or from the weights' metadata), load ``weights`` and export it to ``path``.
 
     The model, its options and the label set come from ``config`` when given, else from the metadata seglab
-    stores in its weights files; ``model_name`` overrides the name. What the CLI's ``seglab export`` runs.
+    stores in its weights files; ``model_name`` overrides the name, or names a model folder or Hugging Face Hub id
+    to export instead of ``weights`` (:func:`seglab.pretrained.load_any`). What the CLI's ``seglab export`` runs.
     """
-    from seglab.checkpoint import read_metadata
     from seglab.data.palettes import label_set_metadata
-    from seglab.pretrained import load_model, model_spec
+    from seglab.pretrained import load_any
 
-    meta = read_metadata(weights)
     cfg = None
     if config is not None:
         from seglab.config import load_config
-        from seglab.data import label_set_for
 
         cfg = load_config(config)
-    if cfg is not None:
+    loaded = load_any(model_name, weights, config=cfg)
+    meta = loaded.metadata
+    if cfg is not None and weights is not None:
+        from seglab.data import label_set_for
+
         labels = label_set_metadata(label_set_for(cfg.data))
     else:
         labels = {k: meta[k] for k in ("label_set", "label_set_classes", "label_set_colors") if k in meta}
-    name, kwargs = model_spec(weights, name=model_name, config=cfg)
-    model = load_model(weights, name=model_name, config=cfg)
-    extra = {"model": name, "label_set": None, **labels, "model_kwargs": kwargs}
+    extra = {"model": loaded.name, "label_set": None, **labels, "model_kwargs": loaded.kwargs}
     if meta.get("classes"):
         extra["classes"] = meta["classes"]
-    return export_onnx(model, path, input_size=input_size, opset=opset, metadata=extra)
+    return export_onnx(loaded.model, path, input_size=input_size, opset=opset, metadata=extra)
 
 
 __all__ = ["MIN_OPSET", "ExportError", "export_onnx", "export_weights", "read_onnx_metadata"]
