@@ -223,7 +223,7 @@ def test_cli_errors(config, weights, tmp_path, capsys):
     (folder / f"{dataset.ids[0]}.png").unlink()
     assert main(["eval", str(config), "--pred-dir", str(folder)]) == 2
     assert "seglab eval: error:" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--mode, --tta and --results-dir apply to --weights"):
+    with pytest.raises(SystemExit, match="--model, --mode, --tta and --results-dir apply to a model"):
         main(["eval", str(config), "--pred-dir", str(folder), "--mode", "slide"])
     with pytest.raises(SystemExit, match="--allow-extra applies to --pred-dir"):
         main(["eval", str(config), "--weights", str(path), "--allow-extra"])
