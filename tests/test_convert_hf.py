@@ -201,7 +201,7 @@ def test_missing_config_json_weights_or_folder_are_named(convnext_t, tmp_path):
 
 
 @pytest.mark.parametrize(("edit", "field"), [
-    (lambda c: c.update(model_type="segformer"), "'model_type': 'segformer'"),
+    (lambda c: c.update(model_type="mask2former"), "'model_type': 'mask2former'"),
     (lambda c: c["backbone_config"].update(model_type="resnet"), "'backbone_config.model_type': 'resnet'"),
     (lambda c: c["backbone_config"].update(hidden_sizes=[64, 128, 256, 512]),
      "'backbone_config (hidden_sizes, depths)'"),

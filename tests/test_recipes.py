@@ -4,12 +4,12 @@ dataset layout, with the config's own recipe (optimiser, schedule, loss, aux wei
 only the sizes shrunk: crops of 32x32 (64x64 for human parsing and detectors), batch 2, no pretrained weights.
 docs/recipes.md must list every registered semantic model and every config.
 
-Time split, measured on 2 shared cores with OMP_NUM_THREADS=1: the default part (27 configs: one of each family
-and model structure) takes about 85 s; :data:`SLOW` (``make test-slow``, 25 configs) about 280 s more: the
+Time split, measured on 2 shared cores with OMP_NUM_THREADS=1: the default part (28 configs: one of each family
+and model structure) takes about 90 s; :data:`SLOW` (``make test-slow``, 36 configs) about 330 s more: the
 VGG16 FCNs (fc6 alone is 103M parameters: each step and each checkpoint write takes seconds), the ResNet-101 parsing
-models (SCHP, PGN, JPPNet, SS-JPPNet), the detectors (Mask R-CNN, Parsing R-CNN; 40 s for Parsing R-CNN), Swin-S/B
-and ConvNeXt-S/B, the unpadded U-Net, and the deeper sibling where a family has two depths (ResNet-101, ResNet-50
-U-Net, Bayesian SegNet beside SegNet).
+models (SCHP, PGN, JPPNet, SS-JPPNet), the detectors (Mask R-CNN, Parsing R-CNN; 40 s for Parsing R-CNN), Swin-S/B,
+ConvNeXt-S/B and SegFormer-B1-B5 (and B0's second dataset), the unpadded U-Net, and the deeper sibling where a
+family has two depths (ResNet-101, ResNet-50 U-Net, Bayesian SegNet beside SegNet).
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ SLOW = {
     "upernet_swin_s_ade20k", "upernet_swin_b_ade20k", "unet_isbi_em", "bayesian_segnet_vgg16_camvid",
     "deeplabv3_resnet101_voc", "fcn_resnet101_voc", "semantic_fpn_resnet101_cityscapes", "unet_resnet50_camvid",
     "fcn_resnet101_v1c_cityscapes", "deeplabv3_resnet101_v1c_cityscapes", "semantic_fpn_resnet101_v1c_cityscapes",
-    "upernet_convnext_s_ade20k", "upernet_convnext_b_ade20k",
+    "upernet_convnext_s_ade20k", "upernet_convnext_b_ade20k", "segformer_b0_cityscapes", "segformer_b1_ade20k",
+    "segformer_b1_cityscapes", "segformer_b2_ade20k", "segformer_b2_cityscapes", "segformer_b3_ade20k",
+    "segformer_b3_cityscapes", "segformer_b4_ade20k", "segformer_b4_cityscapes", "segformer_b5_ade20k",
+    "segformer_b5_cityscapes",
 }  # fmt: skip
 BIG_INPUT_TASKS = ("parsing", "instance")  # person-centric warps and detectors: 64x64
 
@@ -180,7 +183,7 @@ def test_config_builds_and_trains_two_iterations(path, fixture_root, tmp_path):
     losses = [r["loss"] for r in trainer.history if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert (cfg.run_dir / "checkpoints" / "last.safetensors").is_file()
-    shutil.rmtree(cfg.run_dir)  # checkpoints of the big models are GBs each; 52 configs would fill a CI disk
+    shutil.rmtree(cfg.run_dir)  # checkpoints of the big models are GBs each; 64 configs would fill a CI disk
 
 
 def test_every_registered_semantic_model_has_a_config():

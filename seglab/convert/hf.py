@@ -1,4 +1,5 @@
-"""Convert Hugging Face UperNet checkpoints (transformers' ``UperNetForSemanticSegmentation``) to seglab weights.
+"""Convert Hugging Face UperNet and SegFormer checkpoints (transformers' ``UperNetForSemanticSegmentation`` and
+``SegformerForSemanticSegmentation``) to seglab weights.
 
 Input: a model folder in the Hub layout, ``config.json`` with ``model.safetensors`` or ``pytorch_model.bin`` (the
 latter read only through :func:`seglab.checkpoint.read_state_dict`, i.e. ``torch.load(weights_only=True)``: a
@@ -32,6 +33,16 @@ Key map (the names transformers saves; those of a current in-memory state dict, 
   ``auxiliary_head.convs.0`` -> ``aux_head.0``, ``auxiliary_head.classifier`` -> ``aux_head.2``; transformers'
   ``conv``/``batch_norm`` are seglab ``ConvBNAct``'s ``0``/``1``.
 
+SegFormer (``model_type`` ``segformer``; B0-B5 from ``hidden_sizes``, ``depths``, ``decoder_hidden_size``; the
+fields seglab's network fixes are checked): ``segformer.encoder.patch_embeddings.{i}.proj|layer_norm`` ->
+``backbone.patch_embeds.{i}.proj|norm``; ``segformer.encoder.block.{i}.{j}`` -> ``backbone.blocks.{i}.{j}``
+(``layer_norm_1|2`` -> ``norm1|2``; ``attention.self.query|key|value|sr|layer_norm`` -> ``attn.q|k|v|sr|sr_norm``;
+``attention.output.dense`` -> ``attn.proj``; ``mlp.dense1|dwconv.dwconv|dense2`` -> ``ffn.fc1|dwconv|fc2``);
+``segformer.encoder.layer_norm.{i}`` -> ``backbone.norms.{i}``; ``decode_head.linear_c.{i}.proj`` ->
+``decode_head.linear_c.{i}``, ``decode_head.linear_fuse|batch_norm`` -> ``decode_head.fuse.0|1``. transformers'
+current in-memory names (``segformer.stages.{i}.*``, ``q_proj`` ..., ``sequence_reduction.*``, ``fc1|fc2``,
+``layernorm_before|after``, ``linear_projections``) are read too.
+
 Strict: every tensor of the file is used (or is one of the two documented above) and every seglab tensor is
 filled; otherwise one :class:`~seglab.errors.CheckpointError` names the weights file and lists the keys.
 """
@@ -48,8 +59,9 @@ from torch import nn
 from seglab.checkpoint import read_json_object, read_state_dict, save_weights, state_dict_problems
 from seglab.errors import CheckpointError
 from seglab.models import create_model
+from seglab.models.semantic.segformer import VARIANTS as SEGFORMER_VARIANTS
 
-__all__ = ["HF_MODELS", "convert_hf", "load_hf", "read_hf_config"]
+__all__ = ["HF_MODELS", "HF_SEGFORMERS", "convert_hf", "load_hf", "read_hf_config"]
 
 _StateDict = dict[str, torch.Tensor]
 
@@ -61,6 +73,11 @@ HF_MODELS: dict[tuple[str, tuple[int, ...], tuple[int, ...]], str] = {
     ("convnext", (96, 192, 384, 768), (3, 3, 9, 3)): "upernet_convnext_t",
     ("convnext", (96, 192, 384, 768), (3, 3, 27, 3)): "upernet_convnext_s",
     ("convnext", (128, 256, 512, 1024), (3, 3, 27, 3)): "upernet_convnext_b",
+}
+# (hidden_sizes, depths, decoder_hidden_size) -> seglab SegFormer
+HF_SEGFORMERS: dict[tuple[tuple[int, ...], tuple[int, ...], int], str] = {
+    (widths, depths, decoder): f"segformer_{variant}"
+    for variant, (widths, depths, decoder) in SEGFORMER_VARIANTS.items()
 }
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -128,8 +145,53 @@ _CONVNEXT_RULES = [
     (r"\.pwconv2\.", ".block.5."),
     (r"\.layer_scale_parameter$", ".layer_scale"),
 ]
+# SegformerConfig's defaults for the fields seglab's SegFormer fixes (SegformerConfig: every published checkpoint)
+_SEGFORMER_FIXED: dict[str, Any] = {
+    "num_channels": 3, "num_encoder_blocks": 4, "sr_ratios": [8, 4, 2, 1], "patch_sizes": [7, 3, 3, 3],
+    "strides": [4, 2, 2, 2], "num_attention_heads": [1, 2, 5, 8], "mlp_ratios": [4, 4, 4, 4], "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "reshape_last_stage": True,
+}
+_SEGFORMER_DEFAULTS: dict[str, Any] = {
+    **_SEGFORMER_FIXED, "hidden_sizes": [32, 64, 160, 256], "depths": [2, 2, 2, 2], "decoder_hidden_size": 256,
+    "drop_path_rate": 0.1,
+}
+# transformers' current in-memory SegFormer names -> the names it saves
+_SEGFORMER_SAVED_NAMES = [
+    (r"^segformer\.stages\.(\d+)\.patch_embeddings\.", r"segformer.encoder.patch_embeddings.\1."),
+    (r"^segformer\.stages\.(\d+)\.blocks\.", r"segformer.encoder.block.\1."),
+    (r"^segformer\.stages\.(\d+)\.layer_norm\.", r"segformer.encoder.layer_norm.\1."),
+    (r"\.attention\.(q|k|v)_proj\.", lambda m: f".attention.self.{dict(q='query', k='key', v='value')[m[1]]}."),
+    (r"\.attention\.sequence_reduction\.sequence_reduction\.", ".attention.self.sr."),
+    (r"\.attention\.sequence_reduction\.layer_norm\.", ".attention.self.layer_norm."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc(1|2)\.", r".mlp.dense\1."),
+    (r"\.layernorm_before\.", ".layer_norm_1."),
+    (r"\.layernorm_after\.", ".layer_norm_2."),
+    (r"^decode_head\.linear_projections\.", "decode_head.linear_c."),
+]
+_SEGFORMER_RULES = [
+    (r"^segformer\.encoder\.patch_embeddings\.(\d+)\.proj\.", r"backbone.patch_embeds.\1.proj."),
+    (r"^segformer\.encoder\.patch_embeddings\.(\d+)\.layer_norm\.", r"backbone.patch_embeds.\1.norm."),
+    (r"^segformer\.encoder\.block\.(\d+)\.(\d+)\.", r"backbone.blocks.\1.\2."),
+    (r"^segformer\.encoder\.layer_norm\.(\d+)\.", r"backbone.norms.\1."),
+    (r"\.layer_norm_(1|2)\.", r".norm\1."),
+    (r"\.attention\.self\.(query|key|value)\.", lambda m: f".attn.{m[1][0]}."),
+    (r"\.attention\.self\.sr\.", ".attn.sr."),
+    (r"\.attention\.self\.layer_norm\.", ".attn.sr_norm."),
+    (r"\.attention\.output\.dense\.", ".attn.proj."),
+    (r"\.mlp\.dense1\.", ".ffn.fc1."),
+    (r"\.mlp\.dwconv\.dwconv\.", ".ffn.dwconv."),
+    (r"\.mlp\.dense2\.", ".ffn.fc2."),
+    (r"^decode_head\.linear_c\.(\d+)\.proj\.", r"decode_head.linear_c.\1."),
+    (r"^decode_head\.linear_fuse\.", "decode_head.fuse.0."),
+    (r"^decode_head\.batch_norm\.", "decode_head.fuse.1."),
+]
 _SWIN_FINAL_NORM = re.compile(r"^backbone\.layernorm\.(weight|bias)$")
 _QKV = re.compile(r"^(.*)\.attention\.self\.(query|key|value)\.(weight|bias)$")
+
+
+_ARCHITECTURES = {"swin": "UperNetForSemanticSegmentation", "convnext": "UperNetForSemanticSegmentation",
+                  "segformer": "SegformerForSemanticSegmentation"}
 
 
 def _config_error(path: Path, field: str, message: str) -> CheckpointError:
@@ -147,9 +209,12 @@ def read_hf_config(src: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; a Hugging Face model folder has a config.json beside its weights")
     config = read_json_object(path)
+    if config.get("model_type") == "segformer":
+        return _read_segformer_config(path, config)
     if config.get("model_type") != "upernet":
         raise _config_error(path, "model_type", f"{config.get('model_type')!r}: seglab converts UperNet "
-                            f"(UperNetForSemanticSegmentation, model_type 'upernet') only")
+                            f"(UperNetForSemanticSegmentation, model_type 'upernet') and SegFormer "
+                            f"(SegformerForSemanticSegmentation, 'segformer')")
     backbone = config.get("backbone_config")
     if not isinstance(backbone, dict):
         raise _config_error(path, "backbone_config", "missing; expected the Swin or ConvNeXt backbone's config")
@@ -178,6 +243,22 @@ def read_hf_config(src: str | Path) -> dict[str, Any]:
         fields = "embed_dim, num_heads, depths" if kind == "swin" else "hidden_sizes, depths"
         known = "; ".join(f"{name}: {k[1]} {k[2]}" for k, name in HF_MODELS.items() if k[0] == kind)
         raise _config_error(path, f"backbone_config ({fields})", f"{key[1]} {key[2]} is none of seglab's ({known})")
+    classes = _classes(path, config)
+    record = {
+        "model": model,
+        "num_classes": len(classes),
+        "classes": classes,
+        "aux_loss": bool(head["use_auxiliary_head"]),
+        "config": config,
+        "kind": kind,
+    }
+    if "drop_path_rate" in backbone:
+        record["drop_path_rate"] = float(backbone["drop_path_rate"])
+    return record
+
+
+def _classes(path: Path, config: dict[str, Any]) -> list[str]:
+    """The class names of config.json's ``id2label``, by index (keys 0..K-1 without gaps)."""
     id2label = config.get("id2label")
     if not isinstance(id2label, dict) or not id2label:
         raise _config_error(path, "id2label", "missing or empty; expected the class names by index")
@@ -187,16 +268,25 @@ def read_hf_config(src: str | Path) -> dict[str, Any]:
         raise _config_error(path, "id2label", "keys must be class indices 0..K-1") from None
     if [int(k) for k in order] != list(range(len(order))):
         raise _config_error(path, "id2label", f"keys must be 0..{len(order) - 1} without gaps")
-    record = {
-        "model": model,
-        "num_classes": len(order),
-        "classes": [str(id2label[k]) for k in order],
-        "aux_loss": bool(head["use_auxiliary_head"]),
-        "config": config,
-    }
-    if "drop_path_rate" in backbone:
-        record["drop_path_rate"] = float(backbone["drop_path_rate"])
-    return record
+    return [str(id2label[k]) for k in order]
+
+
+def _read_segformer_config(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """read_hf_config's record for a SegformerForSemanticSegmentation config.json."""
+    settings = {**_SEGFORMER_DEFAULTS, **config}
+    for field, expected in _SEGFORMER_FIXED.items():
+        if settings[field] != expected:
+            raise _config_error(path, field, f"{settings[field]!r}, but seglab's SegFormer has {expected!r}")
+    key = (tuple(int(w) for w in settings["hidden_sizes"]), tuple(int(d) for d in settings["depths"]),
+           int(settings["decoder_hidden_size"]))
+    model = HF_SEGFORMERS.get(key)
+    if model is None:
+        known = "; ".join(f"{name}: {k[0]} {k[1]} {k[2]}" for k, name in HF_SEGFORMERS.items())
+        raise _config_error(path, "hidden_sizes, depths, decoder_hidden_size",
+                            f"{key[0]} {key[1]} {key[2]} is none of seglab's ({known})")
+    classes = _classes(path, config)
+    return {"model": model, "num_classes": len(classes), "classes": classes, "aux_loss": None, "config": config,
+            "kind": "segformer", "drop_path_rate": float(settings["drop_path_rate"])}
 
 
 def _weights_file(src: Path) -> Path:
@@ -218,13 +308,16 @@ def _to_seglab(state: _StateDict, kind: str, net: nn.Module, source: str) -> tup
     """seglab's state dict from transformers' ``state`` (strictly: one CheckpointError listing unused, missing
     and mis-shaped keys), and the source keys dropped on purpose."""
     own = net.state_dict()
-    rules = (_SWIN_RULES if kind == "swin" else _CONVNEXT_RULES) + _HEAD_RULES
+    if kind == "segformer":
+        saved_names, rules = _SEGFORMER_SAVED_NAMES, _SEGFORMER_RULES
+    else:
+        saved_names, rules = _SAVED_NAMES, (_SWIN_RULES if kind == "swin" else _CONVNEXT_RULES) + _HEAD_RULES
     converted: _StateDict = {}
     dropped: list[str] = []
     unused: list[str] = []
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     for original, tensor in state.items():
-        key = _apply(original, _SAVED_NAMES)
+        key = _apply(original, saved_names)
         if kind == "swin" and _SWIN_FINAL_NORM.match(key):
             dropped.append(original)
             continue
@@ -259,7 +352,7 @@ def _to_seglab(state: _StateDict, kind: str, net: nn.Module, source: str) -> tup
         problems.insert(0, "tensors of the file seglab has no place for: " + ", ".join(unused[:20]) + more)
     if problems:
         raise CheckpointError(
-            f"{source}: not a transformers UperNet checkpoint for seglab {type(net).__name__} "
+            f"{source}: not a transformers {_ARCHITECTURES[kind]} checkpoint for seglab {type(net).__name__} "
             f"(keys: seglab names for missing and mis-shaped ones; {' | '.join(problems)})"
         )
     return converted, dropped
@@ -270,12 +363,11 @@ def _load(src: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     record = read_hf_config(src)
     weights = _weights_file(src)
     state, source = read_state_dict(weights, "Hugging Face")
-    kwargs: dict[str, Any] = {} if record["aux_loss"] else {"aux_loss": False}
+    kwargs: dict[str, Any] = {"aux_loss": False} if record["aux_loss"] is False else {}
     if "drop_path_rate" in record:
         kwargs["drop_path_rate"] = record["drop_path_rate"]
     net = create_model(record["model"], num_classes=record["num_classes"], **kwargs)
-    kind = record["config"]["backbone_config"]["model_type"]
-    converted, dropped = _to_seglab(state, kind, net, source)
+    converted, dropped = _to_seglab(state, record["kind"], net, source)
     net.load_state_dict(converted, strict=True)
     record.update(model_kwargs=kwargs, weights=weights.name, dropped=dropped)
     return net.eval(), record
@@ -322,13 +414,13 @@ def convert_hf(src: str | Path, dst: str | Path, *, label_set: str | None = None
         "model_kwargs": record["model_kwargs"],
         "classes": record["classes"],
         "source": f"Hugging Face model folder {Path(src).name} ({record['weights']}, transformers "
-                  f"UperNetForSemanticSegmentation)",
+                  f"{_ARCHITECTURES[record['kind']]})",
         **_label_metadata(record["classes"], label_set),
     }
     if record["dropped"]:
         metadata["dropped"] = (
             "unused by the network: the Swin final LayerNorm of transformers' SwinModel and the saved "
-            "relative position indices (equal to seglab's)" if record["config"]["backbone_config"]["model_type"] ==
-            "swin" else ", ".join(record["dropped"])
+            "relative position indices (equal to seglab's)"
+            if record["kind"] == "swin" else ", ".join(record["dropped"])
         )
     return save_weights(dst, net.state_dict(), metadata)

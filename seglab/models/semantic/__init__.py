@@ -9,6 +9,7 @@ from seglab.models.semantic import (  # noqa: F401
     fcn_resnet,
     frrn,
     lraspp,
+    segformer,
     segnet,
     semantic_fpn,
     unet,
