@@ -26,6 +26,7 @@ from seglab.errors import CheckpointError
 from seglab.models import create_model
 from seglab.models.backbones.swin import ShiftedWindowAttention
 from tests.payloads import RunsPython, RunsShell
+from tests.random_norms import randomize_norms
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 # the openmmlab/upernet-* backbones: (kind, widths, depths, heads, drop path) -> seglab model
@@ -60,14 +61,8 @@ def _randomized(config: UperNetConfig) -> UperNetForSemanticSegmentation:
     """transformers' model with every norm, BatchNorm statistic, position bias and layer scale random (their
     initial values, 1, 0 and 1e-6, would hide a wrong mapping), in eval mode."""
     model = UperNetForSemanticSegmentation(config)
+    randomize_norms(model)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
         for name, param in model.named_parameters():
             if "relative_position_bias_table" in name:
                 param.normal_(0, 0.5)

@@ -26,6 +26,7 @@ from seglab.errors import CheckpointError
 from seglab.models import create_model
 from seglab.models.semantic.segformer import PARAMS, VARIANTS
 from tests.payloads import RunsPython
+from tests.random_norms import randomize_norms
 
 SIZES = [(512, 512), (224, 224), (193, 257), (500, 375), (64, 96), (37, 45)]
 
@@ -41,14 +42,8 @@ def _randomized(config: SegformerConfig) -> SegformerForSemanticSegmentation:
     """transformers' model with every LayerNorm, BatchNorm statistic and the classifier random (their initial
     values would hide a wrong mapping and leave logits of 0.2), in eval mode."""
     model = SegformerForSemanticSegmentation(config)
+    randomize_norms(model)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
         model.decode_head.classifier.weight.normal_(0, 0.5)
     return model.eval()
 

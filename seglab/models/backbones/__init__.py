@@ -35,7 +35,7 @@ from torchvision.models import WeightsEnum
 from seglab.checkpoint import load_into, load_state_dict
 from seglab.errors import CheckpointError
 
-__all__ = ["load_backbone_weights", "resolve_torchvision_weights"]
+__all__ = ["load_backbone_weights", "local_weights_file", "resolve_torchvision_weights"]
 
 
 def resolve_torchvision_weights(spec: bool | str | None, weights_enum: type[WeightsEnum]) -> WeightsEnum | None:
@@ -90,3 +90,23 @@ def load_backbone_weights(
         )
     state_dict = load_state_dict(path)
     load_into(module, state_dict, f"{path} (expected a torchvision {arch} state dict)")
+
+
+def local_weights_file(spec: bool | str | None, filename: str, source: str, what: str) -> Path | None:
+    """The local file ``spec`` names for weights seglab does not download (not torchvision's): ``None`` for
+    ``False``/``None``; ``True`` raises a CheckpointError saying that the ``what`` ImageNet weights are ``filename``
+    from ``source`` and how to pass them; a missing file is a CheckpointError naming both."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        raise CheckpointError(
+            f"the {what} ImageNet weights are {source}, not a torchvision model, and seglab does not download them. "
+            f'Download that file on a machine with network access and pass its path: pretrained_backbone="/path/'
+            f'{filename}"'
+        )
+    if not isinstance(spec, str):
+        raise TypeError(f"pretrained_backbone must be a bool or a str, got {type(spec).__name__}")
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{spec}: pretrained_backbone file not found (expected {filename}, from {source})")
+    return path

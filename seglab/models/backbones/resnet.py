@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from torch import Tensor, nn
 from torchvision.models import (
@@ -45,8 +44,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from seglab.checkpoint import load_into, load_state_dict, rename_prefix
-from seglab.errors import CheckpointError
-from seglab.models.backbones import load_backbone_weights
+from seglab.models.backbones import load_backbone_weights, local_weights_file
 
 __all__ = [
     "CSAIL_URL",
@@ -229,20 +227,10 @@ def _load_stem_file(
     """Load the ImageNet file ``spec`` (a local path) published at ``url`` into ``backbone``: ``module.`` and the
     classifier ``fc.*`` dropped, module prefixes renamed by ``rename``; ``True`` raises a CheckpointError saying
     where the file is published and how to pass it (``what`` names it)."""
-    if spec is None or spec is False:
-        return
     filename = url.rsplit("/", 1)[-1]
-    if spec is True:
-        raise CheckpointError(
-            f"the {what} ImageNet weights are {url}, not a torchvision model, and seglab does not download them. "
-            f'Download that file on a machine with network access and pass its path: pretrained_backbone="/path/'
-            f'{filename}"'
-        )
-    if not isinstance(spec, str):
-        raise TypeError(f"pretrained_backbone must be a bool or a str, got {type(spec).__name__}")
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{spec}: pretrained_backbone file not found (expected {filename}, from {url})")
+    path = local_weights_file(spec, filename, url, what)
+    if path is None:
+        return
     state_dict = {k.removeprefix("module."): v for k, v in load_state_dict(path).items()}
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
     if rename:

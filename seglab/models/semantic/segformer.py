@@ -32,7 +32,6 @@ Table 1 rounds them to 3.8, 13.7, 27.5, 47.3, 64.1 and 84.7 million): see :data:
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,7 +40,7 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from seglab.checkpoint import load_into, read_state_dict
-from seglab.errors import CheckpointError
+from seglab.models.backbones import local_weights_file
 from seglab.models.layers import ConvBNAct, resize_logits
 from seglab.registry import register_model
 
@@ -230,19 +229,11 @@ def load_mit_weights(backbone: MixTransformer, spec: bool | str | None, variant:
     and values' joint ``attn.kv`` split into ``attn.k`` and ``attn.v``), the classifier ``head.*`` dropped, read
     weights-only. ``True`` raises a CheckpointError saying where the file is published: seglab does not download
     it."""
-    if spec is None or spec is False:
+    filename = f"mit_{variant}.pth"
+    path = local_weights_file(spec, filename, f"NVlabs/SegFormer's {filename} (linked from its README)",
+                              f"MiT-{variant.upper()} (SegFormer's encoder)")
+    if path is None:
         return
-    if spec is True:
-        raise CheckpointError(
-            f"SegFormer's ImageNet-1K encoder weights are NVlabs/SegFormer's mit_{variant}.pth (linked from its "
-            f"README), not a torchvision model, and seglab does not download them. Download that file on a "
-            f'machine with network access and pass its path: pretrained_backbone="/path/mit_{variant}.pth"'
-        )
-    if not isinstance(spec, str):
-        raise TypeError(f"pretrained_backbone must be a bool or a str, got {type(spec).__name__}")
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{spec}: pretrained_backbone file not found (expected NVlabs' mit_{variant}.pth)")
     state, source = read_state_dict(path, "MiT")
     converted: dict[str, Tensor] = {}
     for key, tensor in state.items():
