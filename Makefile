@@ -6,7 +6,7 @@ STAMP := $(VENV)/.seglab-installed
 # the fast tests run in this many pytest-xdist processes (each test on one thread: tests/conftest.py)
 TEST_WORKERS ?= 2
 
-.PHONY: demo test test-slow lint docs env
+.PHONY: demo test test-slow lint docs env browser
 
 env: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/seglab demo
 
-test: $(STAMP)
+# Chromium and chromedriver for the web page's browser test (apt-get, when missing and run as root)
+browser:
+	bash scripts/install_browser.sh
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 

@@ -377,6 +377,39 @@ def _predict_parser(sub) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
+def _cmd_serve(args) -> int:
+    from seglab.serve import serve
+
+    if not (args.model or args.weights):
+        raise SystemExit("seglab serve: pass --model DIR_OR_WEIGHTS (a model folder, Hub id, weights file or .onnx)")
+    serve(args.model or args.weights, weights=args.weights if args.model else None, host=args.host, port=args.port,
+          backend=args.backend, precision=args.precision, api_key=args.api_key, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_bytes=args.max_body_mb * 1024 * 1024,
+          max_pixels=args.max_pixels, timeout_s=args.timeout)
+    return 0
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP (micro-batching, web page at /; the seglab[serve] extra)")
+    p.add_argument("--model", help="a model folder, Hub id, seglab weights file or ONNX file (or a registered name "
+                                   "with --weights)")
+    p.add_argument("--weights", help="weights file for a registered --model name")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="torch (CPU fast path) or onnxruntime (an .onnx --model runs without torch)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /healthz and the "
+                                     "page (default: the SEGLAB_API_KEY environment variable)")
+    p.add_argument("--max-batch", type=int, default=8, help="images (or sliding-window tiles) per model batch")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for its batch to fill")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which the server answers 503")
+    p.add_argument("--max-body-mb", type=int, default=32, help="request size limit in MiB (413 above)")
+    p.add_argument("--max-pixels", type=int, default=64_000_000, help="image size limit in pixels (413 above)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (504 after)")
+    p.set_defaults(func=_cmd_serve)
+
+
 def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="export a semantic model to ONNX (dynamic batch, height and width)")
     p.add_argument("config", nargs="?", help="config YAML (default: the model recorded in the weights file)")
@@ -543,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     _configs_parser(sub)
     _train_eval_parsers(sub)
     _predict_parser(sub)
+    _serve_parser(sub)
     _export_convert_parsers(sub)
     _data_parsers(sub)
     _convert_data_parsers(sub)

@@ -107,7 +107,8 @@ def sliding_windows(
 
 
 def _slide_probs(
-    model: nn.Module, images: torch.Tensor, crop_size: tuple[int, int], stride: tuple[int, int]
+    model: nn.Module, images: torch.Tensor, crop_size: tuple[int, int], stride: tuple[int, int],
+    window_batch: int = 1,
 ) -> torch.Tensor:
     b, _, h, w = images.shape
     pad_h, pad_w = max(crop_size[0] - h, 0), max(crop_size[1] - w, 0)
@@ -116,12 +117,16 @@ def _slide_probs(
     hp, wp = images.shape[-2:]
     probs: torch.Tensor | None = None
     count = torch.zeros(1, 1, hp, wp, device=images.device)
-    for y0, y1, x0, x1 in sliding_windows((hp, wp), crop_size, stride):
-        window = forward_logits(model, images[:, :, y0:y1, x0:x1]).softmax(dim=1)
+    windows = sliding_windows((hp, wp), crop_size, stride)  # all of one size: the image is padded to the crop
+    for start in range(0, len(windows), window_batch):
+        group = windows[start:start + window_batch]
+        tiles = torch.cat([images[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in group])
+        out = forward_logits(model, tiles).softmax(dim=1)
         if probs is None:
-            probs = images.new_zeros(b, window.shape[1], hp, wp, dtype=torch.float32)
-        probs[:, :, y0:y1, x0:x1] += window
-        count[:, :, y0:y1, x0:x1] += 1
+            probs = images.new_zeros(b, out.shape[1], hp, wp, dtype=torch.float32)
+        for i, (y0, y1, x0, x1) in enumerate(group):
+            probs[:, :, y0:y1, x0:x1] += out[i * b:(i + 1) * b]
+            count[:, :, y0:y1, x0:x1] += 1
     assert probs is not None  # sliding_windows always yields at least one window
     return probs.div_(count)[:, :, :h, :w]  # in place: the full-size map is the memory a huge image costs
 
@@ -144,8 +149,10 @@ class InferenceOptions:
     ``crop_size`` is the network's input size, SCHP's 473 x 473 on LIP), ``scales`` and ``flip``
     (with ``flip_pairs``, the label set's left/right pairs swapped on the flipped pass) for test-time
     augmentation, ``max_whole_pixels`` the whole-mode size above which a sliding window runs instead (None:
-    never). Checked and normalised to tuples when built; :meth:`from_config` reads a config's ``eval`` section,
-    :meth:`with_tta` applies a TTA spec such as ``"flip,scales=0.75,1,1.25"``.
+    never), ``window_batch`` how many sliding windows run through the model as one batch (a server batches a
+    large image's tiles; 1, the default, runs them one by one). Checked and normalised to tuples when built;
+    :meth:`from_config` reads a config's ``eval`` section, :meth:`with_tta` applies a TTA spec such as
+    ``"flip,scales=0.75,1,1.25"``.
     """
 
     mode: str = "whole"
@@ -155,6 +162,7 @@ class InferenceOptions:
     flip: bool = False
     flip_pairs: tuple[tuple[int, int], ...] = ()
     max_whole_pixels: int | None = None
+    window_batch: int = 1
 
     def __post_init__(self) -> None:
         crop, step, scales = check_infer_args(self.mode, self.crop_size, self.stride, self.scales)
@@ -164,6 +172,9 @@ class InferenceOptions:
         object.__setattr__(self, "flip", bool(self.flip))
         object.__setattr__(self, "flip_pairs", tuple((int(a), int(b)) for a, b in self.flip_pairs))
         object.__setattr__(self, "max_whole_pixels", check_max_whole_pixels(self.max_whole_pixels))
+        if isinstance(self.window_batch, bool) or not isinstance(self.window_batch, (int, np.integer)) \
+                or self.window_batch < 1:
+            raise ValueError(f"window_batch must be a positive integer, got {self.window_batch!r}")
 
     @classmethod
     def from_config(cls, eval_cfg: EvalConfig, flip_pairs: Sequence[tuple[int, int]] = (), **changes: Any
@@ -223,7 +234,7 @@ def infer_probs(
         for flipped in (False, True) if o.flip else (False,):
             x = scaled.flip(-1) if flipped else scaled
             if slide:
-                probs = _slide_probs(model, x, o.crop_size, o.stride)
+                probs = _slide_probs(model, x, o.crop_size, o.stride, o.window_batch)
             else:
                 probs = forward_logits(model, x).softmax(dim=1)
             if flipped:

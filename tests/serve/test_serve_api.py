@@ -1,0 +1,398 @@
+"""seglab serve's HTTP API: every endpoint, every output kind against the model's own prediction, every kind of
+bad input refused with its status and message while the server keeps serving, the API key, micro-batching, the
+bounded queue (503) and the per-request timeout (504), and serving an ONNX file without torch."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from torch import nn
+
+import seglab
+from seglab.data.palettes import get_label_set
+from seglab.serve.app import ServeSettings, create_app
+from seglab.serve.batching import MicroBatcher, QueueFull
+from seglab.serve.runner import InstanceRunner, PeopleRunner, SemanticRunner
+
+TestClient = pytest.importorskip("fastapi.testclient").TestClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class RedIsCat(nn.Module):
+    """Class 8 (VOC's cat) where the red channel is above the image's mean red, else background: a prediction
+    known without training. Records the batch size of every forward pass."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.delay = delay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        if self.delay:
+            time.sleep(self.delay)
+        red = x[:, :1] - x[:, :1].mean(dim=(2, 3), keepdim=True)
+        logits = torch.zeros(x.shape[0], 21, *x.shape[-2:])
+        logits[:, 8:9] = red
+        return logits
+
+
+def picture(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = (rng.random((h, w, 3)) * 30).astype(np.uint8)  # red below the mean, which the block lifts
+    image[h // 4: h // 2, w // 4: 3 * w // 4, 0] = 250  # a red block
+    return image
+
+
+def encoded(image: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def expected_label(image: np.ndarray) -> np.ndarray:
+    red = image[..., 0].astype(np.float64)
+    return np.where(red > red.mean(), 8, 0)
+
+
+def png_of(text: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(text)))
+
+
+@pytest.fixture
+def client_for():
+    clients = []
+
+    def make(runner, **settings):
+        client = TestClient(create_app(runner, ServeSettings(**settings)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def voc_runner(model: nn.Module | None = None, **kwargs) -> SemanticRunner:
+    return SemanticRunner(model or RedIsCat(), "red_is_cat", get_label_set("voc"), **kwargs)
+
+
+def test_model_health_and_metrics_endpoints(client_for):
+    client = client_for(voc_runner(), max_batch=4)
+    assert client.get("/healthz").json() == {"status": "ok", "model": "red_is_cat"}
+    card = client.get("/v1/model").json()
+    assert card["task"] == "semantic" and card["num_classes"] == 21 and card["classes"][8] == "cat"
+    assert card["colors"][8] == list(get_label_set("voc").colors[8])
+    assert card["modes"] == ["whole", "slide"] and card["limits"]["max_batch"] == 4
+    page = client.get("/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    client.post("/v1/segment", content=encoded(picture()), headers={"content-type": "image/png"})
+    text = client.get("/metrics").text
+    assert 'seglab_requests_total{endpoint="/v1/segment",status="200"} 1.0' in text
+    for name in ("seglab_batch_size_bucket", "seglab_queue_depth", "seglab_request_seconds_bucket",
+                 'seglab_stage_seconds_bucket{le="0.005",stage="encode"}'):
+        assert name in text
+
+
+def test_every_semantic_output_matches_the_prediction(client_for):
+    client = client_for(voc_runner())
+    image = picture()
+    label = expected_label(image)
+    response = client.post("/v1/segment?outputs=png,rle,polygons,overlay&alpha=0.6", content=encoded(image),
+                           headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["height"], body["width"], body["task"]) == (48, 64, "semantic")
+    assert body["classes_present"] == [0, 8]
+    png = png_of(body["png"])
+    assert png.mode == "P"
+    np.testing.assert_array_equal(np.asarray(png), label)
+    overlay = np.asarray(png_of(body["overlay"]))
+    assert overlay.shape == (48, 64, 3) and not np.array_equal(overlay, image)
+    cat = np.asarray(get_label_set("voc").colors[8], dtype=np.float64)
+    y, x = np.argwhere(label == 8)[0]
+    np.testing.assert_allclose(overlay[y, x], np.rint(0.4 * image[y, x] + 0.6 * cat), atol=1)
+    segments = {s["class_id"]: s for s in body["segments"]}
+    assert [segments[c]["name"] for c in (0, 8)] == ["background", "cat"]
+    for class_id, segment in segments.items():
+        assert segment["pixels"] == int((label == class_id).sum())
+        rle = {"size": segment["rle"]["size"], "counts": segment["rle"]["counts"].encode()}
+        np.testing.assert_array_equal(mask_utils.decode(rle), label == class_id)
+    (polygon,) = segments[8]["polygons"]  # the red block's outline
+    xs, ys = polygon[0::2], polygon[1::2]
+    assert (min(xs), max(xs), min(ys), max(ys)) == (16, 47, 12, 23)
+    assert body["timing_ms"]["encode"] >= 0
+
+
+def test_multipart_jpeg_and_raw_bodies_agree_and_equal_the_predictor(client_for):
+    model = seglab.create_model("bisenetv2", num_classes=21).eval()
+    client = client_for(voc_runner(model))
+    image = picture(64, 96, seed=3)
+    raw = client.post("/v1/segment", content=encoded(image), headers={"content-type": "application/octet-stream"})
+    form = client.post("/v1/segment", files={"image": ("photo.png", encoded(image), "image/png")})
+    assert raw.status_code == form.status_code == 200
+    assert raw.json()["png"] == form.json()["png"]
+    np.testing.assert_array_equal(np.asarray(png_of(raw.json()["png"])), seglab.Predictor(model)(image))
+    jpeg = client.post("/v1/segment", content=encoded(image, "JPEG"), headers={"content-type": "image/jpeg"})
+    assert jpeg.status_code == 200 and jpeg.json()["width"] == 96
+
+
+def test_slide_and_tta_run_as_the_predictor_with_tiles_batched(client_for):
+    model = RedIsCat()
+    runner = voc_runner(model, inference={"crop_size": [32, 32], "stride": [16, 16]}, window_batch=4)
+    client = client_for(runner)
+    image = picture(48, 80, seed=5)
+    response = client.post("/v1/segment?mode=slide&flip=true&scales=1,1.5", content=encoded(image),
+                           headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    expected = seglab.Predictor(RedIsCat(), mode="slide", crop_size=32, stride=16, tta="flip,scales=1,1.5")(image)
+    np.testing.assert_array_equal(np.asarray(png_of(response.json()["png"])), expected)
+    assert max(model.batches) == 4  # 8 windows at scale 1 (2 rows x 4 columns) ran as two batches of 4
+
+
+def test_bad_requests_get_named_4xx_errors_and_the_server_keeps_serving(client_for):
+    client = client_for(voc_runner(), max_body_bytes=200_000, max_pixels=1_000_000)
+    good = encoded(picture())
+    bomb = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(bomb, format="PNG")  # 400 megapixels in a few kilobytes
+    assert len(bomb.getvalue()) < 200_000
+    wide = io.BytesIO()
+    Image.new("1", (4_000, 1_000)).save(wide, format="PNG")  # under Pillow's own limit, over the server's
+    png = {"content-type": "image/png"}
+    cases = [
+        (dict(content=b"", headers=png), 400, "is empty"),
+        (dict(content=b"GIF? no, plain text", headers=png), 400, "not an image"),
+        (dict(content=good[: len(good) // 2], headers=png), 400, "truncated"),
+        (dict(content=bomb.getvalue(), headers=png), 413, "limit is 1000000 pixels"),
+        (dict(content=wide.getvalue(), headers=png), 413, "4000x1000 = 4000000 pixels"),
+        (dict(content=b"\0" * 200_001, headers=png), 413, "200001 bytes"),
+        (dict(content=good, headers={"content-type": "text/plain"}), 415, "text/plain"),
+        (dict(content=good, headers={"content-type": ""}), 415, "Content-Type"),
+        (dict(files={"note": (None, "a field, not a file")}), 400, "no file"),
+    ]
+    for kwargs, status, words in cases:
+        response = client.post("/v1/segment", **kwargs)
+        assert response.status_code == status, (words, response.text)
+        assert words in response.json()["error"] and response.json()["status"] == status
+    for query, words in [("outputs=jpeg", "outputs='jpeg'"), ("mode=affine", "mode='affine'"),
+                         ("scales=0.1", "scales='0.1'"), ("scales=a,b", "comma-separated numbers"),
+                         ("alpha=2", "alpha='2'"), ("flip=maybe", "flip='maybe'"), ("colour=red", "colour")]:
+        response = client.post(f"/v1/segment?{query}", content=good, headers=png)
+        assert response.status_code == 400 and words in response.json()["error"], (query, response.text)
+    assert client.get("/v1/nothing").status_code == 404
+    assert client.get("/v1/segment").status_code == 405
+    response = client.post("/v1/segment?outputs=rle", content=good, headers=png)
+    assert response.status_code == 200 and response.json()["classes_present"] == [0, 8]
+    metrics = client.get("/metrics").text
+    assert 'seglab_request_errors_total{status="400"} 11.0' in metrics
+    assert 'seglab_request_errors_total{status="413"} 3.0' in metrics
+
+
+def test_api_key_guards_every_endpoint_but_health_and_page(client_for):
+    client = client_for(voc_runner(), api_key="s3cret")
+    body, png = encoded(picture()), {"content-type": "image/png"}
+    for method, path in [("get", "/v1/model"), ("get", "/metrics"), ("post", "/v1/segment")]:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
+            response = getattr(client, method)(path, headers={**png, **headers}, content=body) if method == "post" \
+                else getattr(client, method)(path, headers=headers)
+            assert response.status_code == 401, (path, headers)
+            assert response.headers["www-authenticate"] == "Bearer" and "API key" in response.json()["error"]
+    auth = {"authorization": "Bearer s3cret"}
+    assert client.get("/healthz").status_code == 200 and client.get("/").status_code == 200
+    assert client.get("/v1/model", headers=auth).status_code == 200
+    assert client.post("/v1/segment", content=body, headers={**png, **auth}).status_code == 200
+
+
+def test_non_loopback_without_key_warns(monkeypatch, caplog):
+    import uvicorn
+
+    from seglab.serve import is_loopback, serve
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw))
+    monkeypatch.delenv("SEGLAB_API_KEY", raising=False)
+    monkeypatch.setattr("seglab.serve.runner.load_runner", lambda *a, **k: voc_runner())
+    with caplog.at_level("WARNING"):
+        serve("unused", host="0.0.0.0", port=8123)
+    assert started == [{"host": "0.0.0.0", "port": 8123, "log_level": "warning"}]
+    assert "without an API key" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("SEGLAB_API_KEY", "k")
+    with caplog.at_level("WARNING"):
+        serve("unused", host="0.0.0.0")
+    assert "without an API key" not in caplog.text
+
+
+def post_concurrently(client, bodies, query="", **headers):
+    results = [None] * len(bodies)
+
+    def send(i):
+        results[i] = client.post(f"/v1/segment{query}", content=bodies[i],
+                                 headers={"content-type": "image/png", **headers})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_concurrent_requests_of_one_size_share_batches(client_for):
+    model = RedIsCat()
+    client = client_for(voc_runner(model), max_batch=4, max_wait_ms=500)
+    bodies = [encoded(picture(seed=i)) for i in range(4)] + [encoded(picture(40, 40))]
+    responses = post_concurrently(client, bodies)
+    assert [r.status_code for r in responses] == [200] * 5
+    for body, response in zip(bodies, responses, strict=True):
+        image = np.asarray(Image.open(io.BytesIO(body)))
+        np.testing.assert_array_equal(np.asarray(png_of(response.json()["png"])), expected_label(image))
+    assert sorted(model.batches) == [1, 4]  # the four 48x64 images in one batch, the 40x40 one alone
+
+
+def test_full_queue_answers_503_and_slow_requests_504(client_for):
+    client = client_for(voc_runner(RedIsCat(delay=0.5)), max_batch=1, max_queue=1, max_wait_ms=0)
+    responses = post_concurrently(client, [encoded(picture(seed=i)) for i in range(6)])
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+    slow = client_for(voc_runner(RedIsCat(delay=0.6)), timeout_s=0.2)
+    response = slow.post("/v1/segment", content=encoded(picture()), headers={"content-type": "image/png"})
+    assert response.status_code == 504 and "timeout of 0.2 s" in response.json()["error"]
+    assert slow.get("/healthz").status_code == 200
+
+
+def test_micro_batcher_policy():
+    seen = []
+
+    def run(key, payloads):
+        seen.append((key, list(payloads)))
+        return [p * 10 for p in payloads]
+
+    batcher = MicroBatcher(run, max_batch=3, max_wait_s=0.3, max_queue=10)
+    futures = [batcher.submit("a" if i != 2 else "b", i) for i in range(6)]
+    assert [f.result(5) for f in futures] == [0, 10, 20, 30, 40, 50]
+    assert seen[0] == ("a", [0, 1, 3]) and ("b", [2]) in seen and ("a", [4, 5]) in seen
+    batcher.stop()
+
+    gate = threading.Event()
+    blocked = MicroBatcher(lambda key, p: (gate.wait(5), p)[1], max_batch=1, max_wait_s=0, max_queue=2)
+    first = blocked.submit("k", 1)
+    time.sleep(0.2)  # the worker takes the first item and blocks in run
+    waiting = [blocked.submit("k", 2), blocked.submit("k", 3)]
+    with pytest.raises(QueueFull, match="limit is 2"):
+        blocked.submit("k", 4)
+    waiting[0].cancel()  # an abandoned request is skipped, not run
+    gate.set()
+    assert first.result(5) == 1 and waiting[1].result(5) == 3 and waiting[0].cancelled()
+    blocked.stop()
+
+    failing = MicroBatcher(lambda key, p: 1 / 0, max_batch=2, max_wait_s=0)
+    with pytest.raises(ZeroDivisionError):
+        failing.submit("k", 1).result(5)
+    failing.stop()
+
+
+def test_instance_model_gives_boxes_scores_and_masks(client_for):
+    torch.manual_seed(0)
+    model = seglab.create_model("mask_rcnn_resnet50_fpn", num_classes=3, min_size=64, max_size=96,
+                                box_score_thresh=0.0).eval()
+    runner = InstanceRunner(model, "mask_rcnn_resnet50_fpn", get_label_set("voc"), ["__bg__", "circle", "square"],
+                            score_threshold=0.0)
+    client = client_for(runner)
+    image = picture(64, 80, seed=2)
+    body = client.post("/v1/segment?outputs=rle,polygons,png,overlay", content=encoded(image),
+                       headers={"content-type": "image/png"}).json()
+    with torch.inference_mode():
+        reference = model([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
+    instances = body["instances"]
+    assert body["task"] == "instance" and len(instances) == len(reference["scores"]) > 0
+    for i, entry in enumerate(instances):
+        assert entry["name"] == ["__bg__", "circle", "square"][entry["class_id"]]
+        assert entry["score"] == pytest.approx(float(reference["scores"][i]), abs=1e-5)
+        np.testing.assert_allclose(entry["box"], reference["boxes"][i].numpy(), atol=0.01)
+        rle = {"size": entry["rle"]["size"], "counts": entry["rle"]["counts"].encode()}
+        np.testing.assert_array_equal(mask_utils.decode(rle), (reference["masks"][i, 0] > 0.5).numpy())
+        assert isinstance(entry["polygons"], list)
+    ids = np.asarray(png_of(body["png"]))
+    assert ids.shape == (64, 80) and ids.max() <= len(instances)
+    assert np.asarray(png_of(body["overlay"])).shape == (64, 80, 3)
+    assert client.post("/v1/segment?mode=slide", content=encoded(image),
+                       headers={"content-type": "image/png"}).status_code == 400
+
+
+def test_person_parsing_model_gives_the_part_map_and_people(client_for):
+    torch.manual_seed(0)
+    model = seglab.create_model("parsing_rcnn_resnet50_fpn", min_size=64, max_size=96, box_score_thresh=0.0,
+                                box_detections_per_img=3).eval()
+    client = client_for(PeopleRunner(model, "parsing_rcnn_resnet50_fpn", get_label_set("lip"), score_threshold=0.0))
+    image = picture(64, 64, seed=4)
+    body = client.post("/v1/segment?outputs=png,rle", content=encoded(image),
+                       headers={"content-type": "image/png"}).json()
+    from seglab.engine.people import PeopleParser
+
+    reference = PeopleParser(model, score_threshold=0.0)(image)
+    assert body["task"] == "person_parsing" and len(body["people"]) == len(reference["people"]) > 0
+    np.testing.assert_array_equal(np.asarray(png_of(body["png"])), reference["parsing"])
+    for person, ref in zip(body["people"], reference["people"], strict=True):
+        assert person["id"] == ref["id"] and person["score"] == pytest.approx(ref["score"], abs=1e-5)
+        rle = {"size": person["rle"]["size"], "counts": person["rle"]["counts"].encode()}
+        np.testing.assert_array_equal(mask_utils.decode(rle), reference["human_ids"] == ref["id"])
+
+
+def test_onnx_model_is_served_without_torch(tmp_path):
+    from seglab.export.onnx import export_onnx
+
+    model = seglab.create_model("unet", num_classes=5, base_width=8).eval()
+    onnx = export_onnx(model, tmp_path / "unet.onnx", input_size=(64, 64),
+                       metadata={"model": "unet", "label_set": "demo_shapes"})
+    image = picture(64, 64, seed=6)
+    (tmp_path / "image.png").write_bytes(encoded(image))
+    script = (
+        "import sys, base64, io, json\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "from fastapi.testclient import TestClient\n"
+        "from seglab.serve.runner import load_runner\n"
+        "from seglab.serve.app import create_app\n"
+        f"runner = load_runner({str(onnx)!r})\n"
+        "with TestClient(create_app(runner)) as client:\n"
+        "    card = client.get('/v1/model').json()\n"
+        f"    body = open({str(tmp_path / 'image.png')!r}, 'rb').read()\n"
+        "    png = {'content-type': 'image/png'}\n"
+        "    r = client.post('/v1/segment?outputs=png,rle,overlay', content=body, headers=png)\n"
+        "    assert r.status_code == 200, r.text\n"
+        "    bad = client.post('/v1/segment?mode=slide', content=body, headers=png)\n"
+        "    assert bad.status_code == 400 and 'whole' in bad.json()['error'], bad.text\n"
+        "assert 'torch' not in sys.modules, 'serving an ONNX file imported torch'\n"
+        "label = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()['png']))))\n"
+        f"np.save({str(tmp_path / 'label.npy')!r}, label)\n"
+        "print(json.dumps({'backend': card['backend'], 'name': card['name'], 'classes': card['classes']}))\n"
+    )
+    # torch unimportable in the child: a meta-path hook that refuses it
+    blocker = ("import sys\nclass _NoTorch:\n    def find_spec(self, name, path=None, target=None):\n"
+               "        if name == 'torch' or name.startswith('torch.'):\n"
+               "            raise ImportError('torch is blocked in this test')\n"
+               "sys.meta_path.insert(0, _NoTorch())\n")
+    result = subprocess.run([sys.executable, "-c", blocker + script], cwd=ROOT, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr
+    card = result.stdout.strip().splitlines()[-1]
+    assert '"backend": "onnxruntime"' in card and '"name": "unet"' in card and "circle" in card
+    np.testing.assert_array_equal(np.load(tmp_path / "label.npy"), seglab.Predictor(model)(image))
