@@ -402,7 +402,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every endpoint but /healthz and the "
                                      "page (default: the SEGLAB_API_KEY environment variable)")
     p.add_argument("--max-batch", type=int, default=8, help="images (or sliding-window tiles) per model batch")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for its batch to fill")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a request waits for its batch to fill while others are being read (a lone "
+                        "request starts at once)")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which the server answers 503")
     p.add_argument("--max-body-mb", type=int, default=32, help="request size limit in MiB (413 above)")
     p.add_argument("--max-pixels", type=int, default=64_000_000, help="image size limit in pixels (413 above)")

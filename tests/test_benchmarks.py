@@ -156,3 +156,23 @@ def test_models_flag_restricts_the_inference_section(tmp_path):
     assert "## Chart" not in text and not (tmp_path / "bench.png").exists()  # the chart needs every section
     with pytest.raises(SystemExit):
         main(["--smoke", "--models", "no_such_model", "--out", str(out)])
+
+
+def test_serve_load_test_smoke_mode(tmp_path):
+    """benchmarks/serve.py end to end in smoke mode: a real `seglab serve` subprocess on loopback, every
+    concurrency level answered without failures, the encodings timed, the soak's memory sampled (numbers mean
+    nothing at this size)."""
+    import json
+
+    from benchmarks import serve
+
+    out, raw = tmp_path / "serving.md", tmp_path / "serving.json"
+    assert serve.main(["--smoke", "--out", str(out), "--json", str(raw)]) == 0
+    (row,) = json.loads(raw.read_text())["rows"]
+    assert [r["clients"] for r in row["load"]] == [1, 4, 16]
+    assert all(r["failures"] == 0 and r["requests"] == 8 and r["images_per_s"] > 0 for r in row["load"])
+    assert row["soak"]["failures"] == 0 and row["soak"]["requests_total"] == 20 and row["soak"]["rss_end_mib"] > 0
+    assert set(row["encoding_ms"]) == {"png (zlib 1, served)", "png (zlib 6, Pillow default)", "rle (per class)",
+                                       "polygons (per class)", "overlay (png)"}
+    text = out.read_text()
+    assert "## Targets" in text and "| lraspp_mobilenet_v3_large | 64 |" in text

@@ -2,7 +2,9 @@
 
 :func:`infer_probs` is the one place where an image batch becomes per-pixel class probabilities;
 evaluation, prediction and export all go through it, so a metric and a saved mask always come from
-the same computation. :class:`Predictor` wraps it for single images (numpy, PIL or tensors).
+the same computation. :func:`infer_labels` gives its argmax, skipping the softmax where a single forward pass
+decides (the argmax of logits is the argmax of their softmax). :class:`Predictor` wraps them for single images
+(numpy, PIL or tensors).
 
 - **whole**: one forward pass over the full image.
 - **slide** (mmsegmentation's semantics): windows of ``crop_size`` every ``stride`` pixels, the
@@ -248,6 +250,34 @@ def infer_probs(
     return total if runs == 1 else total.div_(runs)
 
 
+def labels_from_scores(scores: torch.Tensor) -> torch.Tensor:
+    """The argmax over classes of scores ``[B, K, H, W]`` (logits or probabilities): ``[B, H, W]`` int64.
+
+    Read class-last (channels-last memory, converted if needed): the reduction then runs over the innermost,
+    contiguous dimension, 2-3x faster on the CPU than over the strided class dimension of NCHW memory, conversion
+    included. Ties go to the lowest class index, as ``torch.argmax``'s.
+    """
+    if scores.ndim == 4 and not scores.is_contiguous(memory_format=torch.channels_last):
+        scores = scores.contiguous(memory_format=torch.channels_last)
+    return scores.argmax(dim=1)
+
+
+def infer_labels(
+    model: nn.Module, images: torch.Tensor, options: InferenceOptions | None = None, **keywords: Any
+) -> torch.Tensor:
+    """Label maps ``[B, H, W]`` (int64): the argmax of :func:`infer_probs`'s probabilities, computed without them
+    where one forward pass decides (whole mode within ``max_whole_pixels``, one scale, no flip): the argmax of
+    the logits is the argmax of their softmax, so the softmax over every pixel is skipped. What the Predictor and
+    the server return; evaluation keeps :func:`infer_probs`."""
+    o = InferenceOptions.build(options, **keywords)
+    h, w = images.shape[-2:]
+    single = (o.mode == "whole" and o.scales == (1.0,) and not o.flip
+              and (o.max_whole_pixels is None or h * w <= o.max_whole_pixels))
+    if single and images.ndim == 4 and images.is_floating_point():
+        return labels_from_scores(forward_logits(model, images))
+    return labels_from_scores(infer_probs(model, images, o))
+
+
 def parse_tta(tta: str | Sequence[str]) -> tuple[bool, tuple[float, ...] | None]:
     """Read ``["flip", "scales=0.75,1,1.25"]`` (or the same joined by commas) as (flip, scales).
 
@@ -432,9 +462,15 @@ class Predictor:
             "variance": out["variance"][0].cpu().numpy().astype(np.float32),
         }
 
+    def _labels(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.mc_samples:
+            return labels_from_scores(self._mc(batch)["mean"])
+        with torch.inference_mode():
+            return infer_labels(self.model, batch.to(self.device), self.options)
+
     def __call__(self, image: Any) -> np.ndarray:
-        """Labels ``H x W`` (int64) for one image."""
-        return self._probs(_to_input(image)[None]).argmax(dim=1)[0].cpu().numpy().astype(np.int64)
+        """Labels ``H x W`` (int64) for one image (:func:`infer_labels`: no softmax where one pass decides)."""
+        return self._labels(_to_input(image)[None])[0].cpu().numpy().astype(np.int64)
 
     def predict_batch(self, images: Sequence[Any], batch_size: int = 8) -> list[np.ndarray]:
         """Labels for each image; up to ``batch_size`` consecutive images of one size run together."""
@@ -445,7 +481,7 @@ class Predictor:
             stop = start + 1
             while stop < len(inputs) and stop - start < batch_size and inputs[stop].shape == inputs[start].shape:
                 stop += 1
-            pred = self._probs(torch.stack(inputs[start:stop])).argmax(dim=1).cpu().numpy().astype(np.int64)
+            pred = self._labels(torch.stack(inputs[start:stop])).cpu().numpy().astype(np.int64)
             labels.extend(pred)
             start = stop
         return labels
@@ -481,7 +517,9 @@ __all__ = [
     "Predictor",
     "check_infer_args",
     "check_max_whole_pixels",
+    "infer_labels",
     "infer_probs",
+    "labels_from_scores",
     "parse_tta",
     "sliding_windows",
 ]

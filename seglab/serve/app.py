@@ -67,8 +67,9 @@ def _bool(text: str, name: str) -> bool:
     raise InputError(400, f"{name}={text!r}: expected true or false")
 
 
-def parse_query(query: Any) -> tuple[tuple[str, ...], RequestOptions]:
-    """The outputs and inference options of a ``/v1/segment`` query (InputError 400 naming what is wrong)."""
+def parse_query(query: Any, default_mode: str = "whole") -> tuple[tuple[str, ...], RequestOptions]:
+    """The outputs and inference options of a ``/v1/segment`` query (InputError 400 naming what is wrong);
+    ``mode`` defaults to ``default_mode`` (the model folder's evaluation mode)."""
     unknown = sorted(set(query.keys()) - set(QUERY_KEYS))
     if unknown:
         raise InputError(400, f"unknown query option(s) {', '.join(unknown)}; the options are {', '.join(QUERY_KEYS)}")
@@ -76,7 +77,7 @@ def parse_query(query: Any) -> tuple[tuple[str, ...], RequestOptions]:
     bad = [o for o in outputs if o not in OUTPUTS]
     if not outputs or bad:
         raise InputError(400, f"outputs={query.get('outputs')!r}: choose from {', '.join(OUTPUTS)} (comma-separated)")
-    mode = query.get("mode", "whole")
+    mode = query.get("mode", default_mode)
     if mode not in ("whole", "slide"):
         raise InputError(400, f"mode={mode!r}: expected whole or slide")
     try:
@@ -236,15 +237,21 @@ def create_app(runner: Runner, settings: ServeSettings | None = None) -> fastapi
     async def segment(request: Request) -> Response:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
+        batcher: MicroBatcher = state["batcher"]
         try:
-            outputs, options = parse_query(request.query_params)
+            outputs, options = parse_query(request.query_params, runner.default_mode)
             runner.check(options)
-            data, what = await _image_bytes(request, settings.max_body_bytes)
-            image = await loop.run_in_executor(state["pool"], lambda: decode_image(
-                data, max_pixels=settings.max_pixels, what=what))
+            batcher.announce()  # a batch forming now may wait for this request while it is read and decoded
+            try:
+                data, what = await _image_bytes(request, settings.max_body_bytes)
+                image = await loop.run_in_executor(state["pool"], lambda: decode_image(
+                    data, max_pixels=settings.max_pixels, what=what))
+            except BaseException:
+                batcher.withdraw()
+                raise
             decoded = time.perf_counter()
             try:
-                future = state["batcher"].submit(runner.key(image, options), (image, options))
+                future = batcher.submit(runner.key(image, options), (image, options), announced=True)
             except QueueFull as exc:
                 raise InputError(503, f"the server is busy: {exc}; retry shortly") from None
             try:

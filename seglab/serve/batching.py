@@ -2,8 +2,11 @@
 
 Written here rather than taken from a serving framework: the policy is small and the server needs it exactly
 (batch by key: images of one size and options; start a batch when ``max_batch`` items of the oldest item's key
-wait or the oldest has waited ``max_wait_s``; refuse new work past ``max_queue`` waiting items so the server
-answers 503 instead of queuing without bound; skip items whose caller gave up). One thread runs the model, so
+wait, when the oldest has waited ``max_wait_s``, or at once when no other request is on its way, so a lone
+request never waits for company that is not coming; refuse new work past ``max_queue`` waiting items so the
+server answers 503 instead of queuing without bound; skip items whose caller gave up). "On its way": the server
+:meth:`announces <MicroBatcher.announce>` a request when it starts reading it and submits (or withdraws) it once
+decoded. One thread runs the model, so
 torch's intra-op threads are not oversubscribed by concurrent forwards; the callers decode and encode on their
 own threads while it runs.
 """
@@ -47,6 +50,7 @@ class MicroBatcher:
         self._run, self.max_batch, self.max_wait_s, self.max_queue = run, max_batch, max_wait_s, max_queue
         self._on_batch = on_batch
         self._pending: list[_Item] = []
+        self._arriving = 0  # announced requests not yet submitted or withdrawn
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="seglab-inference", daemon=True)
@@ -57,10 +61,25 @@ class MicroBatcher:
         """Items waiting for a batch (not counting the batch running)."""
         return len(self._pending)
 
-    def submit(self, key: Hashable, payload: Any) -> Future:
-        """Queue ``payload``; raises :class:`QueueFull` when ``max_queue`` items already wait."""
+    def announce(self) -> None:
+        """A request is on its way (being read or decoded): a forming batch may wait for it."""
+        with self._cond:
+            self._arriving += 1
+
+    def withdraw(self) -> None:
+        """An announced request will not be submitted (it was refused)."""
+        with self._cond:
+            self._arriving -= 1
+            self._cond.notify_all()
+
+    def submit(self, key: Hashable, payload: Any, *, announced: bool = False) -> Future:
+        """Queue ``payload`` (``announced``: it was announced, and is no longer on its way); raises
+        :class:`QueueFull` when ``max_queue`` items already wait."""
         item = _Item(key, payload)
         with self._cond:
+            if announced:
+                self._arriving -= 1
+                self._cond.notify_all()
             if self._stopped:
                 raise RuntimeError("the batcher is stopped")
             if len(self._pending) >= self.max_queue:
@@ -91,7 +110,7 @@ class MicroBatcher:
             while True:
                 same = [item for item in self._pending if item.key == first.key][: self.max_batch]
                 remaining = deadline - time.monotonic()
-                if len(same) >= self.max_batch or remaining <= 0 or self._stopped:
+                if len(same) >= self.max_batch or remaining <= 0 or self._stopped or self._arriving <= 0:
                     break
                 self._cond.wait(remaining)
             taken = {id(item) for item in same}

@@ -87,6 +87,13 @@ class Runner:
         self.preprocessing = dict(preprocessing or {})
         self._palette = label_set.palette_bytes()
 
+    @property
+    def default_mode(self) -> str:
+        """The mode a request gets when it names none: the model folder's evaluation mode where this runner can
+        run it (a Cityscapes model evaluated by sliding window is served by sliding window), else whole."""
+        mode = self.preprocessing.get("mode", "whole")
+        return mode if mode in self.modes else "whole"
+
     def check(self, options: RequestOptions) -> None:
         """Refuse options this model or backend cannot honour (InputError 400)."""
         if options.mode not in self.modes:
@@ -126,7 +133,8 @@ class Runner:
             "name": self.name, "task": self.task, "backend": self.backend, "precision": self.precision,
             "num_classes": self.label_set.num_classes, "label_set": self.label_set.name,
             "classes": list(self.label_set.classes), "colors": [list(c) for c in self.label_set.colors],
-            "input": self.preprocessing, "modes": list(self.modes), "tta": self.tta, "outputs": list(self.outputs),
+            "input": self.preprocessing, "modes": list(self.modes), "default_mode": self.default_mode, "tta": self.tta,
+            "outputs": list(self.outputs),
         }
 
 
@@ -162,13 +170,13 @@ class SemanticRunner(Runner):
         import torch
 
         from seglab.data.transforms import normalize_image
-        from seglab.engine.inference import DEFAULT_MAX_WHOLE_PIXELS, infer_probs
+        from seglab.engine.inference import DEFAULT_MAX_WHOLE_PIXELS, infer_labels
 
         o = self.base.replace(mode=options.mode, flip=options.flip, scales=options.scales,
                               max_whole_pixels=DEFAULT_MAX_WHOLE_PIXELS)
         batch = torch.stack([normalize_image(image) for image in images]).to(self.predictor.device)
         with torch.inference_mode():
-            labels = infer_probs(self.predictor.model, batch, o).argmax(dim=1).cpu().numpy()
+            labels = infer_labels(self.predictor.model, batch, o).cpu().numpy()
         return [_labels(label) for label in labels]
 
 

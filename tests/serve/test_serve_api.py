@@ -161,6 +161,14 @@ def test_slide_and_tta_run_as_the_predictor_with_tiles_batched(client_for):
     expected = seglab.Predictor(RedIsCat(), mode="slide", crop_size=32, stride=16, tta="flip,scales=1,1.5")(image)
     np.testing.assert_array_equal(np.asarray(png_of(response.json()["png"])), expected)
     assert max(model.batches) == 4  # 8 windows at scale 1 (2 rows x 4 columns) ran as two batches of 4
+    # a model folder evaluated by sliding window is served that way by default
+    folder_like = voc_runner(RedIsCat(), inference={"crop_size": [32, 32], "stride": [16, 16]},
+                             preprocessing={"mode": "slide", "crop_size": [32, 32], "stride": [16, 16]})
+    client = client_for(folder_like)
+    assert client.get("/v1/model").json()["default_mode"] == "slide"
+    response = client.post("/v1/segment", content=encoded(image), headers={"content-type": "image/png"})
+    expected = seglab.Predictor(RedIsCat(), mode="slide", crop_size=32, stride=16)(image)
+    np.testing.assert_array_equal(np.asarray(png_of(response.json()["png"])), expected)
 
 
 def test_bad_requests_get_named_4xx_errors_and_the_server_keeps_serving(client_for):
@@ -254,16 +262,20 @@ def post_concurrently(client, bodies, query="", **headers):
 
 
 def test_concurrent_requests_of_one_size_share_batches(client_for):
-    model = RedIsCat()
+    model = RedIsCat(delay=0.5)
     client = client_for(voc_runner(model), max_batch=4, max_wait_ms=500)
-    bodies = [encoded(picture(seed=i)) for i in range(4)] + [encoded(picture(40, 40))]
-    responses = post_concurrently(client, bodies)
-    assert [r.status_code for r in responses] == [200] * 5
+    first = threading.Thread(target=post_concurrently, args=(client, [encoded(picture(40, 40))]))
+    first.start()  # a 40x40 image keeps the model busy for 0.5 s ...
+    time.sleep(0.2)
+    bodies = [encoded(picture(seed=i)) for i in range(4)]
+    responses = post_concurrently(client, bodies)  # ... while four 48x64 ones arrive: they run as one batch
+    first.join()
+    assert [r.status_code for r in responses] == [200] * 4
     for body, response in zip(bodies, responses, strict=True):
         image = np.asarray(Image.open(io.BytesIO(body)))
         np.testing.assert_array_equal(np.asarray(png_of(response.json()["png"])), expected_label(image))
-    assert sorted(model.batches) == [1, 4]  # the four 48x64 images in one batch, the 40x40 one alone
-
+    assert model.batches == [1, 4]
+    assert "seglab_batch_size_bucket{le=\"4.0\"} 2.0" in client.get("/metrics").text
 
 def test_full_queue_answers_503_and_slow_requests_504(client_for):
     client = client_for(voc_runner(RedIsCat(delay=0.5)), max_batch=1, max_queue=1, max_wait_ms=0)
@@ -286,10 +298,23 @@ def test_micro_batcher_policy():
         return [p * 10 for p in payloads]
 
     batcher = MicroBatcher(run, max_batch=3, max_wait_s=0.3, max_queue=10)
-    futures = [batcher.submit("a" if i != 2 else "b", i) for i in range(6)]
+    for _ in range(6):
+        batcher.announce()  # six requests on their way: the first batch waits for its companions
+    futures = [batcher.submit("a" if i != 2 else "b", i, announced=True) for i in range(6)]
     assert [f.result(5) for f in futures] == [0, 10, 20, 30, 40, 50]
     assert seen[0] == ("a", [0, 1, 3]) and ("b", [2]) in seen and ("a", [4, 5]) in seen
     batcher.stop()
+
+    lone = MicroBatcher(run, max_batch=8, max_wait_s=30, max_queue=10)
+    start = time.monotonic()
+    assert lone.submit("c", 7).result(5) == 70  # nothing on its way: no wait for a batch to fill
+    lone.announce()
+    waiting = lone.submit("c", 8)
+    time.sleep(0.3)
+    assert not waiting.done()  # an announced request may still join: the batch waits (up to max_wait_s)
+    lone.withdraw()  # ... until it is withdrawn
+    assert waiting.result(5) == 80 and time.monotonic() - start < 10
+    lone.stop()
 
     gate = threading.Event()
     blocked = MicroBatcher(lambda key, p: (gate.wait(5), p)[1], max_batch=1, max_wait_s=0, max_queue=2)
@@ -357,42 +382,49 @@ def test_person_parsing_model_gives_the_part_map_and_people(client_for):
 
 
 def test_onnx_model_is_served_without_torch(tmp_path):
+    """`seglab serve --model x.onnx` in a child process where importing torch fails: it starts, answers, and its
+    labels equal the torch model's."""
+    import httpx
+
+    from benchmarks.serve import free_port
     from seglab.export.onnx import export_onnx
 
     model = seglab.create_model("unet", num_classes=5, base_width=8).eval()
     onnx = export_onnx(model, tmp_path / "unet.onnx", input_size=(64, 64),
                        metadata={"model": "unet", "label_set": "demo_shapes"})
     image = picture(64, 64, seed=6)
-    (tmp_path / "image.png").write_bytes(encoded(image))
+    port = free_port()
     script = (
-        "import sys, base64, io, json\n"
-        "import numpy as np\n"
-        "from PIL import Image\n"
-        "from fastapi.testclient import TestClient\n"
-        "from seglab.serve.runner import load_runner\n"
-        "from seglab.serve.app import create_app\n"
-        f"runner = load_runner({str(onnx)!r})\n"
-        "with TestClient(create_app(runner)) as client:\n"
-        "    card = client.get('/v1/model').json()\n"
-        f"    body = open({str(tmp_path / 'image.png')!r}, 'rb').read()\n"
-        "    png = {'content-type': 'image/png'}\n"
-        "    r = client.post('/v1/segment?outputs=png,rle,overlay', content=body, headers=png)\n"
-        "    assert r.status_code == 200, r.text\n"
-        "    bad = client.post('/v1/segment?mode=slide', content=body, headers=png)\n"
-        "    assert bad.status_code == 400 and 'whole' in bad.json()['error'], bad.text\n"
-        "assert 'torch' not in sys.modules, 'serving an ONNX file imported torch'\n"
-        "label = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()['png']))))\n"
-        f"np.save({str(tmp_path / 'label.npy')!r}, label)\n"
-        "print(json.dumps({'backend': card['backend'], 'name': card['name'], 'classes': card['classes']}))\n"
+        "import sys, runpy\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, _NoTorch())\n"
+        f"sys.argv = ['seglab', 'serve', '--model', {str(onnx)!r}, '--port', '{port}']\n"
+        "runpy.run_module('seglab', run_name='__main__')\n"
     )
-    # torch unimportable in the child: a meta-path hook that refuses it
-    blocker = ("import sys\nclass _NoTorch:\n    def find_spec(self, name, path=None, target=None):\n"
-               "        if name == 'torch' or name.startswith('torch.'):\n"
-               "            raise ImportError('torch is blocked in this test')\n"
-               "sys.meta_path.insert(0, _NoTorch())\n")
-    result = subprocess.run([sys.executable, "-c", blocker + script], cwd=ROOT, capture_output=True, text=True,
-                            timeout=180)
-    assert result.returncode == 0, result.stderr
-    card = result.stdout.strip().splitlines()[-1]
-    assert '"backend": "onnxruntime"' in card and '"name": "unet"' in card and "circle" in card
-    np.testing.assert_array_equal(np.load(tmp_path / "label.npy"), seglab.Predictor(model)(image))
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert child.poll() is None, child.stdout.read()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        card = httpx.get(f"{url}/v1/model").json()
+        assert (card["backend"], card["name"], card["classes"][1]) == ("onnxruntime", "unet", "circle")
+        png = {"content-type": "image/png"}
+        response = httpx.post(f"{url}/v1/segment?outputs=png,rle,overlay", content=encoded(image), headers=png)
+        assert response.status_code == 200, response.text
+        np.testing.assert_array_equal(np.asarray(png_of(response.json()["png"])), seglab.Predictor(model)(image))
+        bad = httpx.post(f"{url}/v1/segment?mode=slide", content=encoded(image), headers=png)
+        assert bad.status_code == 400 and "whole" in bad.json()["error"]
+    finally:
+        child.terminate()
+        child.wait(10)
