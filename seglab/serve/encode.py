@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from seglab.visualize import colorize, overlay
 
@@ -37,7 +37,8 @@ class InputError(ValueError):
 def decode_image(data: bytes, *, max_pixels: int, what: str = "the request body") -> np.ndarray:
     """The uploaded image as ``H x W x 3`` uint8 RGB. Refused with an :class:`InputError`: empty bodies and
     non-images (400), images over ``max_pixels`` pixels judged from the header before any pixel is decoded, so a
-    decompression bomb costs nothing (413), and truncated or corrupt files (400)."""
+    decompression bomb costs nothing (413), and truncated or corrupt files (400). A photo with an EXIF orientation
+    is turned upright first, as browsers show it (``seglab predict`` reads files' pixels as stored)."""
     if not data:
         raise InputError(400, f"{what} is empty; send the bytes of a PNG, JPEG, BMP, TIFF or WebP image")
     try:
@@ -58,6 +59,7 @@ def decode_image(data: bytes, *, max_pixels: int, what: str = "the request body"
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's truncated/corrupt-file errors
         raise InputError(400, f"{what}: the {image.format} image ({width}x{height}) cannot be decoded: {exc} "
                               "(a truncated or corrupt file?)") from None
+    image = ImageOps.exif_transpose(image)  # upright, as a browser or a photo viewer shows a phone's photo
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image)

@@ -148,6 +148,14 @@ def test_multipart_jpeg_and_raw_bodies_agree_and_equal_the_predictor(client_for)
     np.testing.assert_array_equal(np.asarray(png_of(raw.json()["png"])), seglab.Predictor(model)(image))
     jpeg = client.post("/v1/segment", content=encoded(image, "JPEG"), headers={"content-type": "image/jpeg"})
     assert jpeg.status_code == 200 and jpeg.json()["width"] == 96
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: stored turned 90 degrees; a viewer rotates it clockwise to show it upright
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", exif=exif)
+    upright = client.post("/v1/segment", content=buffer.getvalue(), headers={"content-type": "image/png"}).json()
+    assert (upright["height"], upright["width"]) == (96, 64)
+    np.testing.assert_array_equal(np.asarray(png_of(upright["png"])),
+                                  seglab.Predictor(model)(np.ascontiguousarray(np.rot90(image, k=-1))))
 
 
 def test_slide_and_tta_run_as_the_predictor_with_tiles_batched(client_for):
