@@ -436,3 +436,35 @@ def test_onnx_model_is_served_without_torch(tmp_path):
     finally:
         child.terminate()
         child.wait(10)
+
+
+def test_load_runner_reads_folders_and_weights_files(tmp_path):
+    """The --model forms: a model folder (its classes, and its evaluation mode as the default), a seglab weights
+    file, and a registered name with --weights; all predict as the Predictor does."""
+    from seglab.checkpoint import save_weights
+    from seglab.serve.runner import load_runner
+
+    model = seglab.create_model("unet", num_classes=5, base_width=8).eval()
+    folder = seglab.save_pretrained(model, tmp_path / "unet", name="unet",
+                                    model_kwargs={"num_classes": 5, "base_width": 8}, label_set="demo_shapes",
+                                    inference={"mode": "slide", "crop_size": [32, 32], "stride": [16, 16]})
+    weights = save_weights(tmp_path / "w.safetensors", model.state_dict(), {
+        "model": "unet", "num_classes": 5, "model_kwargs": {"base_width": 8}, "label_set": "demo_shapes"})
+    image = picture(48, 64, seed=7)
+    from_folder = load_runner(folder)
+    assert (from_folder.name, from_folder.task, from_folder.default_mode) == ("unet", "semantic", "slide")
+    assert from_folder.label_set.classes[1] == "circle"
+    sliding = seglab.Predictor(model, mode="slide", crop_size=32, stride=16)(image)
+    np.testing.assert_array_equal(from_folder.run([image], request_options("slide"))[0], sliding)
+    for runner in (load_runner(weights), load_runner("unet", weights=weights)):
+        assert runner.default_mode == "whole" and runner.label_set.name == "demo_shapes"
+        np.testing.assert_array_equal(runner.run([image], request_options("whole"))[0],
+                                      seglab.Predictor(model)(image))
+    with pytest.raises(seglab.ConfigError, match="ONNX file"):
+        load_runner(tmp_path / "x.onnx", backend="openvino")
+
+
+def request_options(mode: str):
+    from seglab.serve.runner import RequestOptions
+
+    return RequestOptions(mode=mode)
