@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 RAW_TYPES = ("image/", "application/octet-stream")
 QUERY_KEYS = ("outputs", "mode", "flip", "scales", "alpha")
+ENDPOINTS = ("/v1/segment", "/v1/model", "/healthz", "/metrics", "/")
+OPEN_PATHS = ("/healthz", "/", "/favicon.ico")  # no API key needed: health checks and the static page
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -203,15 +205,14 @@ def create_app(runner: Runner, settings: ServeSettings | None = None) -> fastapi
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Response:
         path = request.url.path
-        if settings.api_key and path not in ("/healthz", "/", "/favicon.ico"):
+        endpoint = path if path in ENDPOINTS else "other"  # bounded label values, whatever paths clients send
+        if settings.api_key and path not in OPEN_PATHS:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-                response = error(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
-                                 {"WWW-Authenticate": "Bearer"})
-                metrics.requests.labels(path, "401").inc()
-                return response
+                metrics.requests.labels(endpoint, "401").inc()
+                return error(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                             {"WWW-Authenticate": "Bearer"})
         response = await call_next(request)
-        endpoint = path if path in ("/v1/segment", "/v1/model", "/healthz", "/metrics", "/") else "other"
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
@@ -233,38 +234,46 @@ def create_app(runner: Runner, settings: ServeSettings | None = None) -> fastapi
     async def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
+    async def process(request: Request, times: list[float]) -> dict[str, Any]:
+        """Read, decode, queue and encode one request; ``times`` gets the end of each stage."""
+        loop = asyncio.get_running_loop()
+        batcher: MicroBatcher = state["batcher"]
+        outputs, options = parse_query(request.query_params, runner.default_mode)
+        runner.check(options)
+        batcher.announce()  # a batch forming now may wait for this request while it is read and decoded
+        try:
+            data, what = await _image_bytes(request, settings.max_body_bytes)
+            image = await loop.run_in_executor(state["pool"], lambda: decode_image(
+                data, max_pixels=settings.max_pixels, what=what))
+        except BaseException:  # refused, or cancelled by the timeout
+            batcher.withdraw()
+            raise
+        times.append(time.perf_counter())
+        try:
+            future = batcher.submit(runner.key(image, options), (image, options), announced=True)
+        except QueueFull as exc:
+            raise InputError(503, f"the server is busy: {exc}; retry shortly") from None
+        result = await asyncio.wrap_future(future)  # cancelled with this task: the batcher then skips it
+        times.append(time.perf_counter())
+        body = await loop.run_in_executor(state["pool"], runner.encode, image, result, outputs, options)
+        times.append(time.perf_counter())
+        return body
+
     @app.post("/v1/segment")
     async def segment(request: Request) -> Response:
         start = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        batcher: MicroBatcher = state["batcher"]
+        times: list[float] = []
         try:
-            outputs, options = parse_query(request.query_params, runner.default_mode)
-            runner.check(options)
-            batcher.announce()  # a batch forming now may wait for this request while it is read and decoded
             try:
-                data, what = await _image_bytes(request, settings.max_body_bytes)
-                image = await loop.run_in_executor(state["pool"], lambda: decode_image(
-                    data, max_pixels=settings.max_pixels, what=what))
-            except BaseException:
-                batcher.withdraw()
-                raise
-            decoded = time.perf_counter()
-            try:
-                future = batcher.submit(runner.key(image, options), (image, options), announced=True)
-            except QueueFull as exc:
-                raise InputError(503, f"the server is busy: {exc}; retry shortly") from None
-            try:
-                result = await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
-            except TimeoutError:
-                future.cancel()
-                raise InputError(504, f"no result within the server's timeout of {settings.timeout_s} s") from None
-            inferred = time.perf_counter()
-            body = await loop.run_in_executor(state["pool"], runner.encode, image, result, outputs, options)
-            done = time.perf_counter()
+                body = await asyncio.wait_for(process(request, times), settings.timeout_s)
+            except asyncio.TimeoutError:
+                stage = ("reading the image", "waiting for the model", "encoding the result")[len(times)]
+                raise InputError(504, f"no result within the server's timeout of {settings.timeout_s} s "
+                                      f"(timed out {stage})") from None
         except InputError as exc:
             metrics.errors.labels(str(exc.status)).inc()
             return error(exc.status, exc.message, {"Retry-After": "1"} if exc.status == 503 else None)
+        decoded, inferred, done = times
         metrics.stage.labels("decode").observe(decoded - start)
         metrics.stage.labels("queue_and_model").observe(inferred - decoded)
         metrics.stage.labels("encode").observe(done - inferred)

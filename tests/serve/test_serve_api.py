@@ -292,9 +292,14 @@ def test_full_queue_answers_503_and_slow_requests_504(client_for):
     assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
     busy = next(r for r in responses if r.status_code == 503)
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
-    slow = client_for(voc_runner(RedIsCat(delay=0.6)), timeout_s=0.2)
-    response = slow.post("/v1/segment", content=encoded(picture()), headers={"content-type": "image/png"})
-    assert response.status_code == 504 and "timeout of 0.2 s" in response.json()["error"]
+    model = RedIsCat(delay=0.6)
+    slow = client_for(voc_runner(model), timeout_s=0.2, max_batch=1)
+    responses = post_concurrently(slow, [encoded(picture()), encoded(picture(40, 40))])
+    for response in responses:
+        assert response.status_code == 504
+        assert "timeout of 0.2 s (timed out waiting for the model)" in response.json()["error"]
+    time.sleep(1.0)
+    assert model.batches == [1]  # the request that timed out while queued was dropped, never run
     assert slow.get("/healthz").status_code == 200
 
 
