@@ -382,10 +382,13 @@ def _cmd_serve(args) -> int:
 
     if not (args.model or args.weights):
         raise SystemExit("seglab serve: pass --model DIR_OR_WEIGHTS (a model folder, Hub id, weights file or .onnx)")
-    serve(args.model or args.weights, weights=args.weights if args.model else None, host=args.host, port=args.port,
-          backend=args.backend, precision=args.precision, api_key=args.api_key, max_batch=args.max_batch,
-          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_bytes=args.max_body_mb * 1024 * 1024,
-          max_pixels=args.max_pixels, timeout_s=args.timeout)
+    try:
+        serve(args.model or args.weights, weights=args.weights if args.model else None, host=args.host,
+              port=args.port, backend=args.backend, precision=args.precision, api_key=args.api_key,
+              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+              max_body_bytes=args.max_body_mb * 1024 * 1024, max_pixels=args.max_pixels, timeout_s=args.timeout)
+    except ImportError as exc:  # the serve extra (or onnxruntime for an ONNX file) is not installed
+        raise SystemExit(f"seglab serve: {exc}") from None
     return 0
 
 

@@ -473,3 +473,11 @@ def request_options(mode: str):
     from seglab.serve.runner import RequestOptions
 
     return RequestOptions(mode=mode)
+
+
+def test_missing_serve_extra_names_it(monkeypatch):
+    from seglab.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if uvicorn were not installed
+    with pytest.raises(SystemExit, match=r"pip install 'seglab\[serve\]'"):
+        main(["serve", "--model", "model.onnx"])
