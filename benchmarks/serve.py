@@ -2,6 +2,7 @@
 
     python -m benchmarks.serve [--smoke] [--models lraspp_mobilenet_v3_large bisenetv2] [--size 512]
                                [--requests 200] [--soak 10000] [--out docs/serving_benchmark.md]
+                               [--json docs/serving_benchmark.json]
 
 For each model (random weights, saved as a model folder: speed does not depend on the weights' values, the
 label maps' complexity does a little) it
@@ -13,8 +14,8 @@ label maps' complexity does a little) it
    concurrent clients (threads with keep-alive connections): images/s, p50 and p99 latency, failures;
 3. times each output kind's encoding (index PNG, per-class RLE, polygons, overlay; PNG at zlib level 1 as the
    server writes it and at Pillow's default 6 for comparison) on the model's label map;
-4. soaks the server with ``--soak`` requests from 4 clients, sampling its resident memory (VmRSS) after a
-   warm-up tenth and at the end: growth in percent, failures.
+4. soaks the server of the first model with ``--soak`` requests from 4 clients, sampling its resident memory
+   (VmRSS) after a warm-up tenth and at the end: growth in percent, failures.
 
 Bounded: every phase has a fixed number of requests and a time limit (``--max-seconds`` per phase); the server is
 stopped at the end whatever happens. ``--smoke`` runs tiny sizes for the test suite; its numbers mean nothing.
@@ -283,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["lraspp_mobilenet_v3_large", "bisenetv2"])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
-    parser.add_argument("--soak", type=int, default=0, help="soak requests (0: no soak; the documented run: 10000)")
+    parser.add_argument("--soak", type=int, default=0,
+                        help="soak requests on the first model (0: no soak; the documented run: 10000)")
     parser.add_argument("--reps", type=int, default=20, help="repetitions of the in-process timings")
     parser.add_argument("--max-seconds", type=float, default=300, help="time limit per load phase")
     parser.add_argument("--out", help="write the markdown report here")
@@ -292,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.models, args.size, args.requests, args.soak, args.reps = ["lraspp_mobilenet_v3_large"], 64, 8, 20, 2
     with tempfile.TemporaryDirectory(prefix="seglab-serve-bench-") as tmp:
-        rows = [bench_model(m, args.size, args.requests, args.soak, args.reps, args.max_seconds, Path(tmp))
-                for m in args.models]
+        rows = [bench_model(m, args.size, args.requests, args.soak if i == 0 else 0, args.reps, args.max_seconds,
+                            Path(tmp)) for i, m in enumerate(args.models)]
     meta = {"machine": machine_info(torch.get_num_threads()), "threads": torch.get_num_threads(),
             "requests": args.requests}
     text = report(rows, meta)
