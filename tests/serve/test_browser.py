@@ -67,9 +67,9 @@ def demo_image() -> np.ndarray:
 
 
 @contextmanager
-def serving(settings: ServeSettings) -> Iterator[str]:
+def serving(settings: ServeSettings, runner: SemanticRunner | None = None) -> Iterator[str]:
     """The app on uvicorn in a background thread, on a free port of 127.0.0.1; yields its base URL."""
-    runner = SemanticRunner(ColourModel(), "tiny", get_label_set("voc"))
+    runner = runner or SemanticRunner(ColourModel(), "tiny", get_label_set("voc"))
     config = uvicorn.Config(create_app(runner, settings), host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -206,3 +206,32 @@ def test_page_asks_for_api_key(driver, image_path):
         driver.find_element(By.ID, "file").send_keys(str(image_path))
         wait_state(driver, "done")
         assert sorted(legend_names(driver)) == ["aeroplane", "background", "bicycle"]
+
+
+def test_page_on_a_demo_scene_with_a_model_folder(driver, tmp_path):
+    """A scene of seglab's demo data, served from a model folder as `seglab serve --model DIR` loads it: the legend
+    lists exactly the classes the server predicts, in the folder's label set, and the overlay differs from the
+    input."""
+    import seglab
+    from seglab.data.datasets.demo import render_scene
+    from seglab.serve.runner import load_runner
+
+    image = render_scene(np.random.default_rng(3), 128)[0]
+    path = tmp_path / "scene.png"
+    Image.fromarray(image).save(path)
+    torch.manual_seed(0)
+    model = seglab.create_model("unet", num_classes=5, base_width=8).eval()
+    folder = seglab.save_pretrained(model, tmp_path / "unet", name="unet",
+                                    model_kwargs={"num_classes": 5, "base_width": 8}, label_set="demo_shapes")
+    with serving(ServeSettings(), load_runner(folder)) as url:
+        expected = httpx.post(f"{url}/v1/segment?outputs=rle", content=path.read_bytes(),
+                              headers={"Content-Type": "image/png"}, timeout=WAIT_S).json()
+        driver.get(url)
+        wait_state(driver, "ready")
+        assert driver.find_element(By.ID, "model-name").text == "unet"
+        driver.find_element(By.ID, "file").send_keys(str(path))
+        wait_state(driver, "done")
+        assert sorted(legend_names(driver)) == sorted(s["name"] for s in expected["segments"])
+        assert set(legend_names(driver)) <= set(get_label_set("demo_shapes").classes)
+        assert np.abs(canvas_pixels(driver) - image).max() > 30
+        assert driver.save_screenshot(str(tmp_path / "scene_page.png"))
