@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import logging
 import time
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +32,6 @@ except ImportError:
 from seglab.serve.batching import MicroBatcher, QueueFull
 from seglab.serve.encode import OUTPUTS, InputError, decode_image
 from seglab.serve.runner import RequestOptions, Runner, parse_scales
-
-log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 RAW_TYPES = ("image/", "application/octet-stream")

@@ -118,6 +118,16 @@ def polygons(mask: np.ndarray, min_points: int = 3) -> list[list[float]]:
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= min_points]
 
 
+def mask_outputs(mask: np.ndarray, outputs: Sequence[str]) -> dict[str, Any]:
+    """A binary mask's ``"rle"`` and/or ``"polygons"``, as ``outputs`` ask (a class's, an instance's, a person's)."""
+    fields: dict[str, Any] = {}
+    if "rle" in outputs:
+        fields["rle"] = rle(mask)
+    if "polygons" in outputs:
+        fields["polygons"] = polygons(mask)
+    return fields
+
+
 def class_counts(label: np.ndarray, num_classes: int) -> np.ndarray:
     """Pixels per class index ``0..max(num_classes, max label)``."""
     return np.bincount(np.asarray(label, dtype=np.int64).ravel(), minlength=num_classes)
@@ -132,11 +142,7 @@ def class_segments(label: np.ndarray, classes: Sequence[str], outputs: Sequence[
         entry: dict[str, Any] = {"class_id": int(class_id), "pixels": int(counts[class_id]),
                                  "name": classes[class_id] if class_id < len(classes) else str(class_id)}
         if "rle" in outputs or "polygons" in outputs:
-            mask = label == class_id
-            if "rle" in outputs:
-                entry["rle"] = rle(mask)
-            if "polygons" in outputs:
-                entry["polygons"] = polygons(mask)
+            entry.update(mask_outputs(label == class_id, outputs))
         segments.append(entry)
     return segments
 
@@ -150,6 +156,7 @@ __all__ = [
     "colored_png",
     "decode_image",
     "label_png",
+    "mask_outputs",
     "overlay_png",
     "png_bytes",
     "polygons",

@@ -3,7 +3,7 @@ results (:meth:`run`, on the inference thread) and a result into the response's 
 encoding thread).
 
 - :class:`SemanticRunner` (semantic and parsing models, torch): seglab's fast path (BatchNorm folded,
-  channels-last, optional bf16) through :func:`seglab.engine.inference.infer_probs`, so whole, sliding-window,
+  channels-last, optional bf16) through :func:`seglab.engine.inference.infer_labels`, so whole, sliding-window,
   multi-scale and flip inference are the Predictor's; images of one size and options run as one batch, and a
   large image's sliding-window tiles run ``max_batch`` at a time.
 - :class:`OnnxRunner` (semantic ONNX files, onnxruntime): whole images only, **no torch imported**.
@@ -33,10 +33,9 @@ from seglab.serve.encode import (
     class_counts,
     class_segments,
     label_png,
+    mask_outputs,
     overlay_png,
     png_bytes,
-    polygons,
-    rle,
 )
 
 MAX_SCALES = 4
@@ -207,7 +206,6 @@ class InstanceRunner(Runner):
     """A torchvision-contract detector (Mask R-CNN, Mask Scoring R-CNN): any sizes batch together."""
 
     task = "instance"
-    outputs = ("png", "rle", "polygons", "overlay")
 
     def __init__(self, model: Any, name: str, label_set: LabelSet, class_names: Sequence[str], *,
                  score_threshold: float = 0.5, preprocessing: dict[str, Any] | None = None,
@@ -256,17 +254,14 @@ class InstanceRunner(Runner):
         for i, (label, score, box) in enumerate(zip(result["labels"], result["scores"], result["boxes"], strict=True)):
             entry: dict[str, Any] = {"id": i + 1, "class_id": int(label), "name": self._name(int(label)),
                                      "score": round(float(score), 5), "box": [round(float(v), 2) for v in box]}
-            if masks is not None and "rle" in outputs:
-                entry["rle"] = rle(masks[i])
-            if masks is not None and "polygons" in outputs:
-                entry["polygons"] = polygons(masks[i])
+            if masks is not None:
+                entry.update(mask_outputs(masks[i], outputs))
             instances.append(entry)
         body: dict[str, Any] = {"height": h, "width": w, "instances": instances}
         if "png" in outputs:
             ids = np.zeros((h, w), dtype=np.uint8)
-            for i in reversed(range(min(len(instances), 255))):  # the best-scoring instance on top
-                if masks is not None:
-                    ids[masks[i]] = i + 1
+            for i in reversed(range(min(len(instances), 255)) if masks is not None else ()):  # best on top
+                ids[masks[i]] = i + 1
             colors = [(0, 0, 0), *instance_colors(255)]
             body["png"] = b64(png_bytes(ids, bytes(v for c in colors for v in c)))
         if "overlay" in outputs:
@@ -310,10 +305,7 @@ class PeopleRunner(Runner):
         for person in result["people"]:
             entry = {"id": int(person["id"]), "score": round(float(person["score"]), 5),
                      "box": [round(float(v), 2) for v in person["box"]]}
-            if "rle" in outputs:
-                entry["rle"] = rle(human_ids == person["id"])
-            if "polygons" in outputs:
-                entry["polygons"] = polygons(human_ids == person["id"])
+            entry.update(mask_outputs(human_ids == person["id"], outputs))
             people.append(entry)
         body["people"] = people
         return body
@@ -342,20 +334,22 @@ def load_runner(model: str | Path, *, weights: str | Path | None = None, backend
     from seglab.pretrained import DEFAULT_SCORE_THRESHOLD, load_any, model_reference, open_pretrained
     from seglab.tasks import task_of
 
+    preprocessing = None
     if weights is None and path.is_file():
         loaded = load_any(None, path)
-        preprocessing = None
+    elif weights is None and model_reference(str(model)) != "name":
+        folder = open_pretrained(model)  # once: a Hub id is resolved (downloaded or read from the cache) here
+        loaded = load_any(str(folder.path))
+        preprocessing = folder.config.get("preprocessing")
     else:
         loaded = load_any(str(model), weights)
-        is_folder = weights is None and model_reference(str(model)) != "name"
-        preprocessing = open_pretrained(model).config.get("preprocessing") if is_folder else None
     info = model_info(loaded.name)
     task = task_of(info)
     labels = label_set_from_metadata(loaded.metadata)
     threshold = loaded.score_threshold if loaded.score_threshold is not None else DEFAULT_SCORE_THRESHOLD
     if backend == "onnxruntime" and (task.detection or info.people):
         raise ConfigError(f"serve: --backend onnxruntime runs semantic models; {loaded.name} is a {task.name} model")
-    if task.name in ("instance",):
+    if task.name == "instance":
         names = list(loaded.metadata.get("classes") or labels.classes)
         return InstanceRunner(loaded.model, loaded.name, labels, names, score_threshold=threshold,
                               preprocessing=preprocessing, device=device)
